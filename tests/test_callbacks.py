@@ -570,3 +570,24 @@ def test_parse_retry_after() -> None:
     date = email.utils.formatdate(now + 60, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(60)
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0
+
+
+async def test_rebinding_is_caught_when_aiohttp_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS answered "public" at check time, then loopback at connect time (rebinding).
+
+    Nothing real on loopback can play a rebinding DNS server, so the first check is
+    patched out; the connection-time resolver must still refuse.
+    """
+    async def ok(request: web.Request) -> web.Response:
+        return await answer(200)
+
+    async def looks_public(url: str, *, allowed_url: str, allow_private: bool) -> None:
+        return None
+
+    monkeypatch.setattr("workers.callbacks.client.check_destination", looks_public)
+    async with serve(ok) as site, CallbackClient() as client:
+        url = site.url.replace("127.0.0.1", "localhost")
+        cb = CallbackSettings(url=url, protocol="webhook", secret=Secret(SECRET))
+        with pytest.raises(CallbackRefused, match="not a public address"):
+            await client.deliver(cb, event_id="e1", event_type="t", result={}, attempt=1)
+        assert site.received == []
