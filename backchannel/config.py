@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from backchannel.errors import ConfigError
 
-DEFAULT_CONFIG_NAMES = ("backchannel.toml",)
+DEFAULT_CONFIG_NAMES = ("backchannel.toml", "var/server/backchannel.toml")
 ENV_CONFIG = "BACKCHANNEL_CONFIG"
 
 
@@ -247,7 +247,8 @@ class Settings:
 
 
 def find_config(explicit: str | None = None) -> Path | None:
-    """The config file to use: ``explicit``, then $BACKCHANNEL_CONFIG, then ./backchannel.toml."""
+    """The config file: ``explicit``, $BACKCHANNEL_CONFIG, ./backchannel.toml, then the managed
+    server's generated ``var/server/backchannel.toml``."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(ENV_CONFIG)
