@@ -121,7 +121,9 @@ class OfflineGeocoder:
                 for variant in self._variants(folded):
                     by_name.setdefault(variant, []).append(idx)
         # Rows were sorted by population, so every bucket lists the most populous first.
-        self._by_name: dict[str, tuple[int, ...]] = {k: tuple(v) for k, v in by_name.items()}
+        # Most names are unique: store those as a bare index (saves ~20 MiB of 1-tuples).
+        self._by_name: dict[str, int | tuple[int, ...]] = {
+            k: v[0] if len(v) == 1 else tuple(v) for k, v in by_name.items()}
 
         members: dict[tuple[str, str | None], list[int]] = {}
         for idx, city in enumerate(self._cities):
@@ -224,9 +226,14 @@ class OfflineGeocoder:
                     best, result = rank, self._area_result(reading)
         return result
 
+    def _named(self, key: str) -> tuple[int, ...]:
+        """Indexes of the cities called ``key``, most populous first."""
+        found = self._by_name.get(key, ())
+        return (found,) if isinstance(found, int) else found
+
     def _city_named_like_area(self, key: str) -> GeoResult | None:
         """'New York', 'Singapore': a city that also names the country or region it is in."""
-        ids = self._by_name.get(key)
+        ids = self._named(key)
         if not ids:
             return None
         areas: list[_Area] = [self._countries[cc] for cc in self._country_names.get(key, ())]
@@ -274,7 +281,7 @@ class OfflineGeocoder:
             for size in range(min(n, _MAX_NGRAM), 0, -1):
                 for start in range(n - size, -1, -1):
                     key = " ".join(words[start:start + size])
-                    ids = self._by_name.get(key)
+                    ids = self._named(key)
                     if not ids or (size < n and len(key) < 4):
                         continue
                     fits = [i for i in ids if self._fits(i, reading)]
