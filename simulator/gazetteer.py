@@ -131,6 +131,10 @@ class Gazetteer:
         self._pending_aliases.extend(aliases)
         self._alias_index = None
 
+    def warm(self) -> None:
+        """Build the alternate-name index now (about a second) rather than on first need."""
+        self._aliases()
+
     def _aliases(self) -> dict[str, list[City]]:
         if self._alias_index is None:
             index: dict[str, list[City]] = {}
