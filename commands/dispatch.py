@@ -83,6 +83,16 @@ CONFIRM = Command(
 
 
 @dataclass
+class _Attempt:
+    """What is known so far about one attempt, for its audit record."""
+
+    started: float
+    command: str = "?"
+    args: str = ""
+    detail: str = ""
+
+
+@dataclass
 class _Bucket:
     tokens: float
     at: float
@@ -185,60 +195,68 @@ class Dispatcher:
         ``assume_yes`` skips the confirmation question (the CLI's ``--yes``); a chat front
         door must never set it.
         """
-        started = self._clock()
-        label, summary, detail = "?", "", ""
+        attempt = _Attempt(self._clock())
         try:
             if self.limiter is not None:
                 self.limiter.take(ctx.caller)
-            now = self._now()
             if args is None:
-                line = clean_line(line_or_name, limit=self.max_line)
-                tokens = tokenize(line)
-                label = shorten(one_line(line), 32) or "?"
-                command, used = self._resolve(
-                    words_of(tokens.items, self.registry.max_words), ctx
-                )
-                label = command.name
-                self._check_access(command, ctx)
-                summary = "(masked)" if any(a.secret for a in command.arguments) else shorten(
-                    one_line(" ".join(t.text for t in tokens.items[used:])), 120)
-                parsed = parse_line(command, line, tokens, used, now)
+                command, parsed = self._from_line(line_or_name, ctx, attempt)
             else:
-                name = clean_line(line_or_name, limit=200)
-                label = shorten(name, 32) or "?"
-                found = self.registry.get(name)
-                if found is None:
-                    raise self._unknown(name.split()[:2], ctx)
-                command = found
-                label = command.name
-                self._check_access(command, ctx)
-                parsed = coerce(command, args, now)
-            summary = summarize(command, parsed)
+                command, parsed = self._from_args(line_or_name, args, ctx, attempt)
+            attempt.args = summarize(command, parsed)
             if command.check is not None:
                 command.check(parsed)
             if command is CONFIRM:
                 pending = self.confirmations.take(str(parsed["token"]), ctx)
                 command, parsed = pending.command, dict(pending.args)
-                label, summary, detail = command.name, summarize(command, parsed), "confirmed"
+                attempt.command, attempt.args = command.name, summarize(command, parsed)
+                attempt.detail = "confirmed"
                 self._check_access(command, ctx)  # the role may have changed meanwhile
             elif command.confirm and not assume_yes:
-                return self._ask(command, parsed, ctx, started, summary)
+                return self._ask(command, parsed, ctx, attempt)
             result = await self._execute(command, parsed, ctx)
         except RateLimited as exc:
-            self._record(ctx, label, summary, "ratelimited", str(exc), started)
+            self._record(ctx, attempt, "ratelimited", str(exc))
             raise
         except PermissionDenied as exc:
-            self._record(ctx, label, summary, "denied", str(exc), started)
+            self._record(ctx, attempt, "denied", str(exc))
             raise
         except UsageError as exc:
-            self._record(ctx, label, summary, "usage", str(exc), started)
+            self._record(ctx, attempt, "usage", str(exc))
             raise
         except CommandError as exc:
-            self._record(ctx, label, summary, "error", str(exc), started)
+            self._record(ctx, attempt, "error", str(exc))
             raise
-        self._record(ctx, label, summary, "ok" if result.ok else "error",
-                     detail or ("" if result.ok else "negative result"), started)
+        if not result.ok:
+            attempt.detail = attempt.detail or "negative result"
+        self._record(ctx, attempt, "ok" if result.ok else "error", attempt.detail)
         return result
+
+    def _from_line(
+        self, text: str, ctx: Context, attempt: _Attempt
+    ) -> tuple[Command, dict[str, Any]]:
+        line = clean_line(text, limit=self.max_line)
+        tokens = tokenize(line)
+        if tokens.items:
+            attempt.command = shorten(tokens.items[0].text, 32)
+        command, used = self._resolve(words_of(tokens.items, self.registry.max_words), ctx)
+        attempt.command = command.name
+        self._check_access(command, ctx)
+        if not any(a.secret for a in command.arguments):  # until parsed, the raw words
+            attempt.args = shorten(one_line(" ".join(t.text for t in tokens.items[used:])), 120)
+        return command, parse_line(command, line, tokens, used, self._now())
+
+    def _from_args(
+        self, name: str, args: Mapping[str, Any], ctx: Context, attempt: _Attempt
+    ) -> tuple[Command, dict[str, Any]]:
+        name = clean_line(name, limit=200)
+        attempt.command = shorten(name, 32) or "?"
+        command = self.registry.get(name)
+        if command is None:
+            raise self._unknown(name.split()[:2], ctx)
+        attempt.command = command.name
+        self._check_access(command, ctx)
+        return command, coerce(command, args, self._now())
 
     # -- steps -------------------------------------------------------------------------
 
@@ -279,13 +297,13 @@ class Dispatcher:
             )
 
     def _ask(
-        self, command: Command, args: Mapping[str, Any], ctx: Context, started: float, summary: str
+        self, command: Command, args: Mapping[str, Any], ctx: Context, attempt: _Attempt
     ) -> Result:
         pending = self.confirmations.issue(command, args, ctx)
         what = command.prompt(args) if command.prompt else f"This runs {code(command.name)}."
         ttl = round(self.confirmations.ttl)
         text = f"{what}\nReply `confirm {pending.token}` within {ttl} s to go ahead."
-        self._record(ctx, command.name, summary, "pending", f"token issued, {ttl} s", started)
+        self._record(ctx, attempt, "pending", f"token issued, {ttl} s")
         data = {"confirm": pending.token, "command": command.name, "expires_in_s": ttl,
                 "args": jsonable(args)}
         return Result(ok=True, data=data, text=text, confirm_token=pending.token)
@@ -331,22 +349,21 @@ class Dispatcher:
         log.error("command %s crashed, ref %s", command.name, ref, exc_info=exc)
         return InternalCommandError(ref)
 
-    def _record(
-        self, ctx: Context, command: str, args: str, outcome: Outcome, detail: str, started: float
-    ) -> None:
+    def _record(self, ctx: Context, attempt: _Attempt, outcome: Outcome, detail: str) -> None:
         self.counts[outcome] += 1
         if self._audit is None:
             return
         record = AuditRecord(
-            at=self._now(), who=ctx.caller, where=ctx.where, room=ctx.room, command=command,
-            args=args, outcome=outcome, detail=shorten(one_line(detail), 200),
-            duration_ms=(self._clock() - started) * 1000.0,
+            at=self._now(), who=ctx.caller, where=ctx.where, room=ctx.room,
+            command=attempt.command, args=attempt.args, outcome=outcome,
+            detail=shorten(one_line(detail), 200),
+            duration_ms=(self._clock() - attempt.started) * 1000.0,
         )
         try:
             self._audit(record)
         except Exception:
             self.counts["audit_failed"] += 1
-            log.exception("audit hook failed for %s", command)
+            log.exception("audit hook failed for %s", attempt.command)
 
 
 def _ref() -> str:

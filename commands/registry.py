@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ class Registry:
         self._commands.append(command)
         return command
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Command]:
         return iter(sorted(self._commands, key=lambda c: c.name))
 
     def __len__(self) -> int:

@@ -106,15 +106,16 @@ def duration(seconds: float) -> str:
     if total < 60:
         return f"{total}s"
     units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    parts = []
-    for name, size in units:
+    for i, (name, size) in enumerate(units):
         if total >= size:
-            parts.append(f"{total // size}{name}")
-            total %= size
-        if len(parts) == 2:
-            break
-    return " ".join(p for p in parts if not p.startswith("0"))
-
+            text = f"{total // size}{name}"
+            if i + 1 < len(units):
+                nxt, nsize = units[i + 1]
+                rest = (total % size) // nsize
+                if rest:
+                    text += f" {rest}{nxt}"
+            return text
+    return "0s"
 
 def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else (many or word + 's')}"

@@ -514,12 +514,14 @@ async def test_fuzzed_input_only_ever_raises_command_errors(bot: Bot, admin: Con
         line = " ".join(parts)
         try:
             result = await fuzz.run(line, None, admin)
+        except InternalCommandError:
+            pytest.fail(f"a bug on {line!r}")
         except CommandError:
             continue
         json.dumps(result.data)
     for value in ["", "x" * 5000, "\x00", 12, -5, None, ["a"], {"a": 1}, True, 1e309]:
         for name, key in [("events", "last"), ("stats", "window"), ("replay", "since")]:
-            with contextlib.suppress(CommandError):
+            with contextlib.suppress(UsageError):
                 await fuzz.run(name, {key: value}, admin, assume_yes=True)
 
 
@@ -580,3 +582,15 @@ def test_chunks_stay_under_the_limit_and_keep_code_blocks_whole() -> None:
     assert "".join(render.chunks("x" * 1000, 100)) == "x" * 1000
     assert all(len(p) <= 100 for p in render.chunks("```\n" + "y" * 1000 + "\n```", 100))
     assert render.chunks("short") == ["short"]
+
+
+def test_durations_read_naturally() -> None:
+    shown = [render.duration(s) for s in (0, 42.5, 60, 3600, 3720, 86405, 90061)]
+    assert shown == ["0s", "42s", "1m", "1h", "1h 2m", "1d", "1d 1h"]
+
+
+async def test_an_unknown_command_is_audited_by_its_first_word(bot: Bot, viewer: Context) -> None:
+    await bot.say(viewer, "frobnicate --password hunter2")
+    (record,) = bot.audit
+    assert (record.command, record.outcome) == ("frobnicate", "usage")
+    assert "hunter2" not in record.command
