@@ -177,6 +177,8 @@ class WorkerSettings:
     unknown_types: Literal["ignore", "deadletter"] = "deadletter"
     max_in_flight: int = 256
     feed_personal_data: bool = False
+    callback_concurrency: int = 16
+    callback_time_scale: float = 1.0  # < 1 compresses the callback retry schedule (tests, demo)
     routes: tuple[Route, ...] = (
         Route("user.registered", ("geocode", "crm", "mailing_list")),
         Route("user.profile_changed", ("geocode", "crm")),
@@ -591,6 +593,10 @@ class _Parser:
             max_in_flight=self.positive(raw, "max_in_flight", p, int, d.max_in_flight),
             feed_personal_data=self.get(raw, "feed_personal_data", p, bool,
                                         d.feed_personal_data),
+            callback_concurrency=self.positive(raw, "callback_concurrency", p, int,
+                                               d.callback_concurrency),
+            callback_time_scale=self.positive(raw, "callback_time_scale", p, float,
+                                              d.callback_time_scale),
             routes=routes,
         )
 

@@ -1,0 +1,308 @@
+"""The ``backchannel`` command line.
+
+Bad input exits with status 2 and one line naming the problem; a failure of the system
+(server unreachable, refused) exits with 1 and says what to check. Subcommands:
+
+    config check           validate the config and print it with secrets masked
+    server start|stop|status|adduser   the managed local XMPP server
+    nodes bootstrap        create/verify the PubSub nodes
+    publish TYPE ...       publish one event (returns once the server stored it)
+    tail NODE              print a node's items live
+    run                    run the components (worker, gateway, bot) in one process
+    demo [--check]         everything on one machine, with simulated sites
+    simulate               fake sites publishing events
+    bench                  the benchmark suite
+    <operator command>     e.g. `backchannel status`: runs it against a running bot
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from backchannel import __version__, config
+from backchannel.errors import BackchannelError, ConfigError, EventError, ServerError
+
+log = logging.getLogger("backchannel")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageExit(Exception):
+    """Bad command-line input: exit 2 with one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageExit(f"{self.prog}: {message} (see --help)")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config file (default: $BACKCHANNEL_CONFIG, ./backchannel.toml, "
+                        "or the managed server's var/server/backchannel.toml)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="backchannel", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog="Run `backchannel COMMAND --help` for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"backchannel {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv for XMPP traffic details)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("config", help="validate and show the configuration")
+    p.add_argument("action", choices=["check"], help="check: validate, print masked settings")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("server", help="the managed local XMPP server (Prosody by default)")
+    p.add_argument("action", choices=["start", "stop", "status", "adduser"])
+    p.add_argument("name", nargs="?", help="account name for adduser")
+    p.add_argument("--dir", default="var/server", help="server folder (default: var/server)")
+    p.add_argument("--kind", default="prosody", choices=["prosody", "ejabberd"])
+    p.add_argument("--password", help="password for adduser (default: generated)")
+    p.add_argument("--gateway-port", type=int, default=8080,
+                   help="gateway port written into the generated config (default 8080)")
+
+    p = sub.add_parser("nodes", help="create or verify the PubSub nodes")
+    p.add_argument("action", choices=["bootstrap"])
+    _add_config(p)
+
+    p = sub.add_parser("publish", help="publish one event and wait until the server stored it")
+    p.add_argument("type", help="event type, e.g. user.registered")
+    p.add_argument("--source", required=True, help="the registered site's source URI")
+    p.add_argument("--data", default="{}", help="JSON data, or @FILE to read it from a file")
+    p.add_argument("--id", help="event id (default: a new ULID)")
+    p.add_argument("--node", default="events", help="node or short name (default: events)")
+    p.add_argument("--account", default="site", help="account to publish as (default: site)")
+    _add_config(p)
+
+    p = sub.add_parser("tail", help="print a node's items live (Ctrl-C to stop)")
+    p.add_argument("node", help="node name, or events|results|deadletters|<feed name>")
+    p.add_argument("--json", action="store_true", help="one JSON document per line")
+    p.add_argument("--last", type=int, default=10, help="retained items to show first")
+    p.add_argument("--account", default="operator", help="account (default: operator)")
+    p.add_argument("--count", type=int, default=0, help="exit after N live items (0: never)")
+    _add_config(p)
+
+    p = sub.add_parser("run", help="run components in one process")
+    p.add_argument("--components", default="worker,gateway,bot",
+                   help="comma-separated: worker, gateway, bot (default: all)")
+    _add_config(p)
+
+    from backchannel.cli_extra import add_extra_commands
+    add_extra_commands(sub)
+    return parser
+
+
+def short_node(settings: config.Settings, name: str) -> str:
+    nodes = settings.nodes
+    if name in ("events", "results", "deadletters"):
+        return str(getattr(nodes, name))
+    if name in nodes.feeds:
+        return nodes.feed(name)
+    return name
+
+
+def load_settings(path: str | None) -> config.Settings:
+    found = config.find_config(path)
+    if found is None:
+        raise ConfigError(
+            "no config file found: pass -c FILE, set $BACKCHANNEL_CONFIG, create "
+            "./backchannel.toml (see backchannel.example.toml), or run "
+            "`backchannel server start` to generate one for a local server"
+        )
+    return config.load(found)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    data = config.to_masked_dict(settings)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"# {settings.source_file}: OK")
+        _print_tree(data)
+    return EXIT_OK
+
+
+def _print_tree(data: Any, indent: str = "") -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, dict | list) and value:
+                print(f"{indent}{key}:")
+                _print_tree(value, indent + "  ")
+            else:
+                print(f"{indent}{key}: {json.dumps(value)}")
+    elif isinstance(data, list):
+        for value in data:
+            if isinstance(value, dict):
+                print(f"{indent}-")
+                _print_tree(value, indent + "  ")
+            else:
+                print(f"{indent}- {json.dumps(value)}")
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from backchannel.localserver import config_toml, managed_server
+
+    server = managed_server(args.kind, args.dir)
+    if args.action == "start":
+        state = server.start()
+        cfg = Path(args.dir) / "backchannel.toml"
+        if not cfg.exists():
+            cfg.write_text(config_toml(state, var_dir=str(Path(args.dir).parent),
+                                       gateway_port=args.gateway_port))
+            cfg.chmod(0o600)
+        print(f"{state.kind} running on 127.0.0.1:{state.c2s_port} (pid {state.pid}), "
+              f"domain {state.domain}, http {state.http_port}")
+        print(f"config for backchannel: {cfg}")
+        print(f"operator login: {state.jid('operator')} / {state.accounts['operator']}")
+    elif args.action == "stop":
+        print("stopped" if server.stop() else "not running")
+    elif args.action == "status":
+        running, state = server.status()
+        if state is None:
+            print(f"no managed server in {args.dir}")
+            return EXIT_FAILURE
+        print(f"{state.kind} {'running' if running else 'stopped'}: 127.0.0.1:{state.c2s_port}"
+              f" pid {state.pid} accounts {', '.join(sorted(state.accounts))}")
+        return EXIT_OK if running else EXIT_FAILURE
+    elif args.action == "adduser":
+        if not args.name:
+            raise UsageExit("backchannel server adduser: give an account name")
+        password = server.adduser(args.name, args.password)
+        print(f"{args.name}@localhost / {password}")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from backchannel.xmpp_tools import bootstrap_nodes
+
+    settings = load_settings(args.config)
+    reports = asyncio.run(bootstrap_nodes(settings))
+    for report in reports:
+        print("\n".join(report.lines()))
+    return EXIT_FAILURE if any(r.action == "failed" for r in reports) else EXIT_OK
+
+
+def read_data(value: str) -> Any:
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageExit(f"backchannel publish: cannot read {value[1:]}: {exc.strerror}") \
+                from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageExit(f"backchannel publish: --data is not JSON: {exc.msg} at column "
+                        f"{exc.colno}") from None
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from backchannel.xmpp_tools import publish_one
+    from pubsub.envelope import make_event
+
+    settings = load_settings(args.config)
+    data = read_data(args.data)
+    try:
+        event = make_event(args.type, args.source, data, id=args.id)
+    except EventError as exc:
+        raise UsageExit(f"backchannel publish: {exc}") from None
+    if len(event.to_json().encode()) > settings.max_event_bytes:
+        raise UsageExit(f"backchannel publish: event is larger than "
+                        f"{settings.max_event_bytes} bytes")
+    node = short_node(settings, args.node)
+    asyncio.run(publish_one(settings, args.account, node, event))
+    print(event.id)
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from backchannel.xmpp_tools import tail
+
+    settings = load_settings(args.config)
+    if args.last < 0 or args.count < 0:
+        raise UsageExit("backchannel tail: --last and --count must not be negative")
+    try:
+        asyncio.run(tail(settings, args.account, short_node(settings, args.node),
+                         as_json=args.json, last=args.last, count=args.count))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from backchannel.app import run_components
+
+    settings = load_settings(args.config)
+    wanted = [c.strip() for c in args.components.split(",") if c.strip()]
+    bad = [c for c in wanted if c not in ("worker", "gateway", "bot")]
+    if bad or not wanted:
+        raise UsageExit(f"backchannel run: unknown component(s) {', '.join(bad) or '(none)'}; "
+                        "choose from worker, gateway, bot")
+    return run_components(settings, wanted)
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "config": cmd_config, "server": cmd_server, "nodes": cmd_nodes, "publish": cmd_publish,
+    "tail": cmd_tail, "run": cmd_run,
+}
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 \
+        else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if verbosity < 2:
+        logging.getLogger("slixmpp").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from backchannel.cli_extra import OPERATOR_FALLBACK, run_operator_command
+
+    parser = build_parser()
+    try:
+        if argv and not argv[0].startswith("-") and argv[0] not in HANDLERS and \
+                argv[0] not in OPERATOR_FALLBACK.reserved():
+            return run_operator_command(argv)
+        args = parser.parse_args(argv)
+        setup_logging(args.verbose)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = HANDLERS.get(args.command) or OPERATOR_FALLBACK.handler(args.command)
+        return handler(args)
+    except UsageExit as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"backchannel: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerError as exc:
+        print(f"backchannel: server: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BackchannelError as exc:
+        print(f"backchannel: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""CLI commands beyond the backbone: demo, simulate, bench, and operator commands.
+
+Kept apart from :mod:`backchannel.cli` so the parser module stays small; each command
+imports its machinery lazily, so ``backchannel --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def add_extra_commands(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run everything on this machine with simulated sites")
+    p.add_argument("--check", action="store_true",
+                   help="run a fixed number of events end to end, then exit 0 or 1")
+    p.add_argument("--events", type=int, default=50, help="events for --check (default 50)")
+    p.add_argument("--dir", default="var/demo", help="demo folder (default: var/demo)")
+    p.add_argument("--rate", type=float, default=2.0, help="events per second (default 2)")
+    p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080)")
+
+
+class _Extra:
+    def __init__(self) -> None:
+        self._handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    def reserved(self) -> set[str]:
+        return {"demo", "simulate", "bench", "help", "--help", "-h"}
+
+    def handler(self, name: str) -> Callable[[argparse.Namespace], int]:
+        if name == "demo":
+            from backchannel.demo import cmd_demo
+
+            return cmd_demo
+        raise KeyError(name)
+
+
+OPERATOR_FALLBACK = _Extra()
+
+
+def run_operator_command(argv: Sequence[str]) -> int:
+    """``backchannel <operator command>`` (runs against a running bot over XMPP)."""
+    try:
+        from backchannel.cli_operator import run  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        print(f"backchannel: unknown command {argv[0]!r} (see backchannel --help)",
+              file=sys.stderr)
+        return 2
+    result: int = run(list(argv))
+    return result

@@ -1,0 +1,155 @@
+"""The worker pipeline end to end: events in, results, feeds and callbacks out.
+
+Outside services are real aiohttp servers on port 0 (simulator.services), the site that
+receives callbacks is the simulator's demo site, and the XMPP server is the managed one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backchannel.localserver import ServerState
+from pubsub.client import PubSub
+from pubsub.connection import XmppConnection
+from pubsub.envelope import JSON_NS, make_event
+from simulator.chaos import Chaos
+from simulator.stack import SITE_SOURCE
+from tests.pipeline_harness import Pipeline, wait_until
+from workers.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+FIXED = {
+    "Paris, France": ("Paris", "FR"),
+    "Toronto, ON, Canada": ("Toronto", "CA"),
+    "München, Germany": ("Munich", "DE"),
+    "Osaka, Japan": ("Osaka", "JP"),
+    "Springfield, IL, USA": ("Springfield", "US"),
+}
+
+
+async def start_worker(p: Pipeline) -> tuple[XmppConnection, Worker]:
+    conn = XmppConnection(p.settings.xmpp, p.settings.account("worker"), resource="worker")
+    worker = Worker(p.settings, conn, store_path=str(p.var / "worker.sqlite"))
+    await worker.start()
+    await conn.start()
+    return conn, worker
+
+
+async def stop_worker(conn: XmppConnection, worker: Worker) -> None:
+    await worker.close()
+    await conn.close()
+
+
+def finished(worker: Worker) -> int:
+    counts = worker.store.counts()
+    return counts.get("done", 0) + counts.get("failed", 0)
+
+
+async def test_500_registrations_give_500_results_and_callbacks_applied_once(
+    server_state: ServerState, bootstrapped: Any, tmp_path: Path
+) -> None:
+    async with Pipeline(server_state, tmp_path, geocoder="offline") as p:
+        conn, worker = await start_worker(p)
+        events = p.registrations(500, list(FIXED))
+        await p.publish_many(events)
+        await wait_until(lambda: finished(worker) == 500, 120, "500 finished events")
+        await p.site.wait_for(500, timeout=60)
+        assert await worker.outbox.flush(30)
+
+        assert worker.store.counts() == {"done": 500}
+        assert len(p.site.applied) == 500
+        assert set(p.site.applied) == {e.id for e in events}
+        # Geocodes are right for the fixed addresses.
+        for event in events[:10]:
+            geo = next(t for t in worker.store.tasks(event.id) if t.task == "geocode").result
+            city, cc = FIXED[event.data["address"]]
+            assert (geo["city"], geo["country_code"]) == (city, cc), geo
+        # One result per event on the results node, the event id as item id.
+        results = await worker.pubsub.items(p.settings.nodes.results, max_items=1000)
+        assert {i.id for i in results} == {e.id for e in events}
+        signups = await worker.pubsub.items(p.settings.nodes.feed("signups"), max_items=1000)
+        assert len(signups) == 500
+        assert "example.com" not in (signups[0].payload.text or "")  # no email in the feed
+        crm_records = p.services.crm.stats
+        assert crm_records.successes >= 500
+        await stop_worker(conn, worker)
+
+
+async def test_half_failing_service_still_completes_every_event(
+    server_state: ServerState, bootstrapped: Any, tmp_path: Path
+) -> None:
+    async with Pipeline(server_state, tmp_path, max_attempts=12) as p:
+        p.services.crm.control.set(Chaos(error_rate=0.5))
+        conn, worker = await start_worker(p)
+        events = p.registrations(200, list(FIXED))
+        await p.publish_many(events)
+        await wait_until(lambda: finished(worker) == 200, 120, "200 finished events")
+        assert worker.store.counts() == {"done": 200}
+        attempts = [t.attempts for e in events for t in worker.store.tasks(e.id)
+                    if t.task == "crm"]
+        assert sum(attempts) > 250, "half the CRM calls failed, so retries must show"
+        assert max(attempts) >= 2
+        await p.site.wait_for(200, timeout=60)
+        await stop_worker(conn, worker)
+
+
+async def test_dead_service_dead_letters_while_others_finish_and_breaker_limits_calls(
+    server_state: ServerState, bootstrapped: Any, tmp_path: Path
+) -> None:
+    async with Pipeline(server_state, tmp_path, max_attempts=4) as p:
+        p.services.lists.control.set(Chaos(down=True))
+        conn, worker = await start_worker(p)
+        events = p.registrations(200, list(FIXED))
+        await p.publish_many(events)
+
+        def other_tasks_ok() -> bool:
+            return all(t.state == "ok" for e in events for t in worker.store.tasks(e.id)
+                       if t.task != "mailing_list")
+
+        await wait_until(other_tasks_ok, 60, "geocode and crm to finish")
+        await wait_until(lambda: finished(worker) == 200, 120, "all events to end")
+        assert worker.store.counts() == {"failed": 200}
+        dead = worker.store.deadletters(limit=1000)
+        assert len(dead) == 200
+        assert all("mailing_list failed after 4 attempts" in d.reason for d in dead)
+        calls = p.services.lists.stats.calls
+        # Without a breaker: 200 events x 4 attempts = 800 calls.
+        assert calls < 200, f"breaker should keep calls to a dead service low, saw {calls}"
+        assert worker.lanes["mailing_list"].breaker.opened_count >= 1
+        # The site still hears about every event (with the failed task in the result).
+        await p.site.wait_for(200, timeout=60)
+        assert await worker.outbox.flush(30)
+        dl_items = await worker.pubsub.items(p.settings.nodes.deadletters, max_items=1000)
+        assert len(dl_items) == 200
+        await stop_worker(conn, worker)
+
+
+async def test_malformed_and_unknown_events_become_dead_letters(
+    server_state: ServerState, bootstrapped: Any, tmp_path: Path
+) -> None:
+    from xml.etree import ElementTree as ET
+
+    async with Pipeline(server_state, tmp_path) as p:
+        conn, worker = await start_worker(p)
+        ps = PubSub(p.site_conn, p.settings.xmpp.pubsub_service)
+        bad = ET.Element(f"{{{JSON_NS}}}json")
+        bad.text = "{not json"
+        await ps.publish(p.settings.nodes.events, "broken1", bad)
+        stranger = make_event("user.registered", "https://evil.example.net", {"name": "x"})
+        await p.publisher.publish(p.settings.nodes.events, stranger)
+        unknown = make_event("order.shipped", SITE_SOURCE, {"order": 1})
+        await p.publisher.publish(p.settings.nodes.events, unknown)
+        good = p.registrations(1, prefix="good")[0]
+        await p.publisher.publish(p.settings.nodes.events, good)
+        await wait_until(lambda: finished(worker) == 1, 30, "the good event")
+        await wait_until(lambda: len(worker.store.deadletters()) == 3, 30, "3 dead letters")
+        reasons = {d.event_id: d.reason for d in worker.store.deadletters()}
+        assert "not well-formed JSON" in reasons["broken1"]
+        assert "not a registered site" in reasons[stranger.id]
+        assert "no route for event type 'order.shipped'" in reasons[unknown.id]
+        assert conn.ready.is_set()
+        await stop_worker(conn, worker)
