@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -172,12 +173,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         print("stopped" if server.stop() else "not running")
     elif args.action == "status":
-        running, state = server.status()
-        if state is None:
+        running, current = server.status()
+        if current is None:
             print(f"no managed server in {args.dir}")
             return EXIT_FAILURE
-        print(f"{state.kind} {'running' if running else 'stopped'}: 127.0.0.1:{state.c2s_port}"
-              f" pid {state.pid} accounts {', '.join(sorted(state.accounts))}")
+        print(f"{current.kind} {'running' if running else 'stopped'}: "
+              f"127.0.0.1:{current.c2s_port} pid {current.pid} "
+              f"accounts {', '.join(sorted(current.accounts))}")
         return EXIT_OK if running else EXIT_FAILURE
     elif args.action == "adduser":
         if not args.name:
@@ -237,11 +239,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.last < 0 or args.count < 0:
         raise UsageExit("backchannel tail: --last and --count must not be negative")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail(settings, args.account, short_node(settings, args.node),
                          as_json=args.json, last=args.last, count=args.count))
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 

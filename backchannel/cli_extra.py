@@ -20,6 +20,9 @@ def add_extra_commands(sub: Any) -> None:
     p.add_argument("--dir", default="var/demo", help="demo folder (default: var/demo)")
     p.add_argument("--rate", type=float, default=2.0, help="events per second (default 2)")
     p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080)")
+    p.add_argument("--chaos", metavar="FILE",
+                   help="use fake outside services misbehaving as this chaos profile says "
+                        "(see simulator/chaos.example.toml)")
 
 
 class _Extra:
@@ -33,7 +36,8 @@ class _Extra:
         if name == "demo":
             from backchannel.demo import cmd_demo
 
-            return cmd_demo
+            handler: Callable[[argparse.Namespace], int] = cmd_demo
+            return handler
         raise KeyError(name)
 
 

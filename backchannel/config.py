@@ -182,6 +182,7 @@ class WorkerSettings:
     routes: tuple[Route, ...] = (
         Route("user.registered", ("geocode", "crm", "mailing_list")),
         Route("user.profile_changed", ("geocode", "crm")),
+        Route("user.logged_in", ()),  # recorded and shown in the activity feed only
     )
 
 
@@ -330,7 +331,9 @@ class _Parser:
             )
         return value
 
-    def positive(self, raw: Mapping[str, Any], key: str, path: str, kind: type, default: Any) -> Any:
+    def positive(
+        self, raw: Mapping[str, Any], key: str, path: str, kind: type, default: Any
+    ) -> Any:
         value = self.get(raw, key, path, kind, default)
         if value <= 0:
             raise self.fail(f"{path}.{key}", f"must be greater than 0, got {value}")
@@ -610,7 +613,8 @@ class _Parser:
             if "/" in jid or "@" not in jid:
                 raise self.fail(f"{p}.roles.{jid}", "must be a bare JID (name@domain)")
             if role not in ("viewer", "operator", "admin"):
-                raise self.fail(f"{p}.roles.{jid}", f"role must be viewer, operator or admin, got {role!r}")
+                raise self.fail(f"{p}.roles.{jid}",
+                                f"role must be viewer, operator or admin, got {role!r}")
             roles[jid.lower()] = role
         return BotSettings(
             nick=self.get(raw, "nick", p, str, d.nick),

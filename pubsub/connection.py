@@ -22,6 +22,7 @@ import contextlib
 import logging
 import random
 import ssl
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -68,7 +69,7 @@ class XmppConnection:
             c.enable_direct_tls = settings.direct_tls
             c.enable_starttls = not settings.direct_tls
             if settings.ca_file:
-                c.ca_certs = settings.ca_file
+                c.ca_certs = Path(settings.ca_file)
         for name in ("xep_0030", "xep_0004", "xep_0060", "xep_0198", "xep_0199", *plugins):
             c.register_plugin(name)
         if settings.loopback_plaintext:
@@ -133,7 +134,7 @@ class XmppConnection:
     async def close(self) -> None:
         """Leave cleanly: end the stream, stop reconnecting, cancel helpers."""
         self._closing = True
-        self.client.plugin["xep_0199"].disable_keepalive()
+        self.client.plugin["xep_0199"].disable_keepalive()  # type: ignore[no-untyped-call]
         if self.ready.is_set():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.disconnect(wait=2.0), 5.0)
@@ -149,6 +150,13 @@ class XmppConnection:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._supervisor = None
+        # slixmpp leaves its outgoing-filter task running after a disconnect; end it so
+        # nothing is left pending when the event loop closes.
+        filters = getattr(self.client, "_run_out_filters", None)
+        if isinstance(filters, asyncio.Future) and not filters.done():
+            filters.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await filters
 
     async def __aenter__(self) -> XmppConnection:
         await self.start()
@@ -258,7 +266,8 @@ class XmppConnection:
         iq["to"] = to
         iq.xml.append(payload)
         try:
-            result = await iq.send(timeout=timeout or self.settings.request_timeout)
+            result = await iq.send(  # type: ignore[no-untyped-call]
+                timeout=timeout or self.settings.request_timeout)
         except IqError as exc:
             raise refused(exc.iq.xml) from None
         except IqTimeout:
@@ -274,7 +283,7 @@ class XmppConnection:
     def send_message(self, to: str, body: str, kind: str = "chat") -> None:
         if not self.ready.is_set():
             raise NotConnected("not connected to the XMPP server")
-        self.client.send_message(mto=to, mbody=body, mtype=kind)
+        self.client.send_message(mto=slixmpp.JID(to), mbody=body, mtype=kind)  # type: ignore[arg-type]
 
 
 def refused(iq_xml: ET.Element) -> XmppRefused:

@@ -217,7 +217,9 @@ def from_element(
     if element is None:
         raise EventError("item has no payload")
     if element.tag != f"{{{JSON_NS}}}json":
-        raise EventError(f"item payload is <{_local(element.tag)}>, expected <json xmlns='{JSON_NS}'>")
+        raise EventError(
+            f"item payload is <{_local(element.tag)}>, expected <json xmlns='{JSON_NS}'>"
+        )
     event = decode(element.text or "", max_bytes=max_bytes, known_sources=known_sources)
     if item_id is not None and item_id != event.id:
         raise EventError(f"item id {item_id[:60]!r} differs from event id {event.id!r}")

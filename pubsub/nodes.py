@@ -9,7 +9,7 @@ server accepted, adjusted, ignored or refused. Running it twice changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from backchannel.config import NodeNames, Settings
@@ -127,7 +127,10 @@ async def _create(ps: PubSub, node: str, send: dict[str, str], report: NodeRepor
             report.action = "created"
 
 
-async def _retry_smaller(op, node, send, exc, report):  # type: ignore[no-untyped-def]
+async def _retry_smaller(
+    op: Callable[[str, Mapping[str, str | list[str]]], Awaitable[None]], node: str,
+    send: dict[str, str], exc: XmppRefused, report: NodeReport,
+) -> dict[str, str]:
     """ejabberd refuses max_items above its cap: retry with smaller values, then report."""
     if exc.condition not in ("not-acceptable", "resource-constraint", "bad-request",
                              "policy-violation") or "pubsub#max_items" not in send:

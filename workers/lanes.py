@@ -45,7 +45,7 @@ TaskKey = tuple[str, str]  # (event id, task name)
 def backoff(attempt: int, initial: float, maximum: float,
             retry_after: float | None = None) -> float:
     """Delay after failed attempt ``attempt`` (1-based): exponential, equal jitter."""
-    base = min(maximum, initial * 2 ** (attempt - 1))
+    base = float(min(maximum, initial * 2 ** (attempt - 1)))
     delay = base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))

@@ -221,7 +221,8 @@ class Store:
     def events(self, *, type_glob: str | None = None, source: str | None = None,
                since: float | None = None, limit: int = 20) -> list[EventRow]:
         sql = "SELECT id, type, source, doc, state, received_at, finished_at FROM events"
-        where, params = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        params: list[Any] = []
         if type_glob:
             where.append("type GLOB ?")
             params.append(type_glob)
@@ -307,15 +308,14 @@ class Store:
         with self.tx() as db:
             cur = db.execute(
                 "UPDATE tasks SET state = 'pending', attempts = 0, next_at = ?, "
-                "last_error = NULL WHERE event_id = ?" + (" AND state = 'dead'" if only_dead
-                                                           else ""),
-                (now, event_id))
+                "last_error = NULL WHERE event_id = ? AND (state = 'dead' OR ? = 0)",
+                (now, event_id, int(only_dead)))
             db.execute("UPDATE events SET state = 'pending', finished_at = NULL WHERE id = ?",
                        (event_id,))
         return cur.rowcount
 
     def attempts(self, event_id: str) -> list[tuple[str, int, float, float, str, str | None]]:
-        return [tuple(r) for r in self.q(  # type: ignore[misc]
+        return [tuple(r) for r in self.q(
             "SELECT what, attempt, started_at, duration_ms, outcome, error FROM attempts "
             "WHERE event_id = ? ORDER BY seq", (event_id,))]
 
@@ -333,7 +333,7 @@ class Store:
         db.executemany("INSERT INTO outbox (node, item_id, doc) VALUES (?, ?, ?)", items)
 
     def outbox(self, limit: int, after: int = 0) -> list[tuple[int, str, str, str]]:
-        return [tuple(r) for r in self.q(  # type: ignore[misc]
+        return [tuple(r) for r in self.q(
             "SELECT seq, node, item_id, doc FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit))]
 

@@ -11,7 +11,6 @@ the consumer's catch-up brings in events published while it was away.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
