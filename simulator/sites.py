@@ -9,6 +9,7 @@ Drupal site would (:func:`gateway.auth.signed_headers`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -129,10 +130,8 @@ class Simulator:
                 next_at += self._interval(elapsed)
                 delay = next_at - time.monotonic()
                 if delay > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
-                    except TimeoutError:
-                        pass
                 elif len(pending) > 64:
                     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if pending:
