@@ -22,8 +22,8 @@ import contextlib
 import logging
 import random
 import ssl
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
