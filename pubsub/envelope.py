@@ -30,14 +30,24 @@ JSON_NS = "urn:xmpp:json:0"
 SPECVERSION = "1.0"
 DEFAULT_MAX_BYTES = 65536
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")  # \Z: "$" allows a final "\n"
+TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+\Z")
 REQUIRED = ("specversion", "id", "source", "type")
 KNOWN_ATTRS = frozenset(
     {"specversion", "id", "source", "type", "time", "subject", "datacontenttype",
      "dataschema", "data"}
 )
-EXTENSION_RE = re.compile(r"^[a-z0-9]{1,20}$")
+EXTENSION_RE = re.compile(r"^[a-z0-9]{1,20}\Z")
+MAX_DEPTH = 64  # nesting of ``data``; deterministic, unlike the interpreter's recursion limit
+# RFC 3339 date-time (with seconds and an offset); Python's fromisoformat alone accepts more.
+TIME_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
+# Code points XMPP cannot carry: not XML 1.0 characters (lone surrogates, U+FFFE, U+FFFF).
+# JSON escapes control characters itself, so these are the only ones that could slip through.
+NOT_XML_RE = re.compile("[\ud800-\udfff\ufffe\uffff]")
+# The same code points as JSON escapes in a raw document: a cheap pre-check before a walk.
+_ESCAPED_NOT_XML = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|[fF]{3}[eEfF])")
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -59,7 +69,9 @@ def utc_now() -> str:
 
 def parse_time(value: str) -> datetime:
     """RFC 3339 timestamp -> aware datetime (raises ValueError)."""
-    text = value.strip()
+    if not TIME_RE.match(value):
+        raise ValueError("not an RFC 3339 date-time")
+    text = value
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     parsed = datetime.fromisoformat(text)
@@ -95,7 +107,19 @@ class Event:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        """Compact JSON, UTF-8 friendly; refuses what JSON or XMPP cannot carry."""
+        try:
+            text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
+        except ValueError:  # NaN or Infinity: Python writes them, no other JSON parser reads them
+            raise EventError("event data holds NaN or Infinity, which JSON cannot carry") \
+                from None
+        except RecursionError:
+            raise EventError("event data is nested too deeply") from None
+        bad = NOT_XML_RE.search(text)
+        if bad is not None:
+            raise EventError(_not_xml_message(bad.group()))
+        return text
 
 
 def make_event(
@@ -112,8 +136,11 @@ def make_event(
         id=id or new_id(), source=source, type=type, data=data, time=utc_now(),
         subject=subject, extensions=extensions,
     )
-    validate(event.to_dict())
-    return event
+    # The validated copy is canonical: ``make_event(..., dataschema=...)`` lands in
+    # ``dataschema``, not in ``extensions``, so it equals what a consumer decodes.
+    checked = validate(event.to_dict())
+    checked.to_json()  # NaN, unencodable characters: fail here, not at publish time
+    return checked
 
 
 def validate(doc: Any, known_sources: Callable[[str], bool] | None = None) -> Event:
@@ -163,6 +190,7 @@ def validate(doc: Any, known_sources: Callable[[str], bool] | None = None) -> Ev
         if isinstance(value, dict | list):
             raise EventError(f"extension attribute '{key}' must be a string, number or boolean")
         extensions[key] = value
+    _check_depth(doc.get("data"))
     if known_sources is not None and not known_sources(doc["source"]):
         raise UnknownSource(f"source {doc['source'][:80]!r} is not a registered site")
     return Event(
@@ -180,7 +208,13 @@ def decode(
     known_sources: Callable[[str], bool] | None = None,
 ) -> Event:
     """Parse and validate a serialized event (size first, then JSON, then the contract)."""
-    size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+    if isinstance(raw, str):
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise EventError(_not_xml_message(raw[exc.start])) from None
+    else:
+        size = len(raw)
     if size > max_bytes:
         raise EventTooLarge(f"event is {size} bytes; the limit is {max_bytes}")
     if isinstance(raw, bytes):
@@ -189,14 +223,59 @@ def decode(
         except UnicodeDecodeError as exc:
             raise EventError(f"event is not UTF-8 (bad byte at offset {exc.start})") from None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise EventError(
             f"event is not well-formed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
-        raise EventError("event JSON is nested too deeply") from None
+        raise EventError(f"event JSON is nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer beyond Python's digit limit
+        raise EventError(f"event is not valid JSON: {str(exc)[:120]}") from None
+    bad = NOT_XML_RE.search(raw)
+    if bad is not None:
+        raise EventError(_not_xml_message(bad.group()))
+    if _ESCAPED_NOT_XML.search(raw):
+        _check_strings(doc)
     return validate(doc, known_sources)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _not_xml_message(char: str) -> str:
+    return (f"event contains U+{ord(char):04X}, which XMPP cannot carry "
+            "(not an XML character)")
+
+
+def _check_strings(doc: Any) -> None:
+    """Refuse decoded strings (keys too) that hold code points XML cannot carry."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            bad = NOT_XML_RE.search(value)
+            if bad is not None:
+                raise EventError(_not_xml_message(bad.group()))
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse ``data`` nested deeper than :data:`MAX_DEPTH` (iterative: no recursion)."""
+    if not isinstance(data, dict | list):
+        return
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EventError(f"event JSON is nested more than {MAX_DEPTH} levels deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def to_element(event: Event) -> ET.Element:

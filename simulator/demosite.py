@@ -262,14 +262,14 @@ class DemoSite:
             cond.notify_all()
 
     async def wait_until(
-        self, predicate: Callable[[DemoSite], bool], timeout: float = 5.0  # noqa: ASYNC109
+        self, predicate: Callable[[DemoSite], bool], timeout: float = 5.0
     ) -> None:
         """Return once ``predicate(site)`` holds; :class:`TimeoutError` after ``timeout``."""
         cond = self._condition()
         async with asyncio.timeout(timeout), cond:
             await cond.wait_for(lambda: predicate(self))
 
-    async def wait_for(self, count: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
         """Return once ``count`` distinct events have been applied."""
         await self.wait_until(lambda site: len(site.applied) >= count, timeout)
 

@@ -118,7 +118,7 @@ class ServiceStats:
     async def wait_until(
         self,
         predicate: Callable[[ServiceStats], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper; the deadline is the point
+        timeout: float = 5.0,
     ) -> None:
         """Return once ``predicate(self)`` holds (checked after every call); raise
         :class:`TimeoutError` after ``timeout`` seconds."""

@@ -8,6 +8,7 @@ rebuilt from its durable store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -63,10 +64,8 @@ async def fresh_node(settings: Settings, name: str) -> str:
 
     async with XmppConnection(settings.xmpp, settings.account("admin"), resource="t") as admin:
         ps = PubSub(admin, settings.xmpp.pubsub_service)
-        try:
+        with contextlib.suppress(XmppRefused):
             await ps.delete(name)
-        except XmppRefused:
-            pass
         wanted = desired_config(settings.nodes, settings.nodes.events)
         wanted["pubsub#access_model"] = "open"
         report = await bootstrap_node(

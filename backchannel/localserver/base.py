@@ -9,6 +9,7 @@ kept, so clients and the generated config stay valid across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -213,10 +214,8 @@ class ManagedServer:
         else:
             log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing", self.kind, pid,
                         timeout)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._proc is not None and self._proc.pid == pid:
             self._proc.wait(timeout=5)
             self._proc = None
