@@ -13,6 +13,7 @@ Secrets are :class:`Secret` values whose ``repr``/``str`` are masked, so they ne
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -291,7 +292,15 @@ def loads(text: str, env: Mapping[str, str] | None = None, name: str = "<string>
     return _Parser(name, os.environ if env is None else env).settings(raw)
 
 
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let a final newline in
+_NAME_RULE = "1-63 lower-case letters, digits, '_' or '-', starting with a letter"
+_JID = re.compile(r"[^@/\s]+@[^@/\s]+(/[^\s]+)?")
+_SECRET_OPTIONS = ("api_key", "password", "secret", "token", "auth_header")
+
+
+def env_name(key: str) -> str:
+    """The environment variable that overrides the secret at dotted ``key``."""
+    return "BACKCHANNEL_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
 class _Parser:
@@ -335,6 +344,7 @@ class _Parser:
         self, raw: Mapping[str, Any], key: str, path: str, kind: type, default: Any
     ) -> Any:
         value = self.get(raw, key, path, kind, default)
+        self.finite(value, f"{path}.{key}")
         if value <= 0:
             raise self.fail(f"{path}.{key}", f"must be greater than 0, got {value}")
         return value
@@ -343,9 +353,15 @@ class _Parser:
         self, raw: Mapping[str, Any], key: str, path: str, kind: type, default: Any
     ) -> Any:
         value = self.get(raw, key, path, kind, default)
+        self.finite(value, f"{path}.{key}")
         if value < 0:
             raise self.fail(f"{path}.{key}", f"must not be negative, got {value}")
         return value
+
+    def finite(self, value: Any, key: str) -> None:
+        # TOML has nan and inf; "nan <= 0" is False, so without this a nan timeout passes.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, got {value}")
 
     def choice(
         self, raw: Mapping[str, Any], key: str, path: str, choices: tuple[str, ...], default: str
@@ -366,9 +382,9 @@ class _Parser:
         return tuple(value)
 
     def secret(self, raw: Mapping[str, Any], key: str, path: str) -> Secret:
-        env_name = "BACKCHANNEL_" + re.sub(r"[^A-Za-z0-9]", "_", f"{path}.{key}").upper()
-        if env_name in self.env:
-            return Secret(self.env[env_name])
+        name = env_name(f"{path}.{key}")
+        if name in self.env:
+            return Secret(self.env[name])
         return Secret(self.get(raw, key, path, str, ""))
 
     # -- sections --------------------------------------------------------------------
@@ -415,6 +431,9 @@ class _Parser:
                 f"plaintext is only allowed to a loopback server, and host is {host!r}; "
                 "use TLS for anything else",
             )
+        direct_tls = self.get(raw, "direct_tls", p, bool, d.direct_tls)
+        if plaintext and direct_tls:
+            raise self.fail(f"{p}.direct_tls", "contradicts loopback_plaintext = true; choose one")
         domain = self.get(raw, "domain", p, str, d.domain)
         return XmppSettings(
             host=host,
@@ -423,7 +442,7 @@ class _Parser:
             pubsub_service=self.get(raw, "pubsub_service", p, str, f"pubsub.{domain}"),
             muc_service=self.get(raw, "muc_service", p, str, f"conference.{domain}"),
             loopback_plaintext=plaintext,
-            direct_tls=self.get(raw, "direct_tls", p, bool, d.direct_tls),
+            direct_tls=direct_tls,
             ca_file=self.get(raw, "ca_file", p, str, None),
             server_kind=self.choice(  # type: ignore[arg-type]
                 raw, "server_kind", p, ("prosody", "ejabberd", "openfire", "other"), d.server_kind
@@ -445,12 +464,12 @@ class _Parser:
                 raise self.fail(p, "must be a table with jid and password")
             self.check_keys(value, {"jid", "password"}, p)
             jid = self.get(value, "jid", p, str, "")
-            if not re.fullmatch(r"[^@/\s]+@[^@/\s]+(/[^\s]+)?", jid):
+            if not _JID.fullmatch(jid):
                 raise self.fail(f"{p}.jid", f"must be a JID like name@domain, got {jid!r}")
             password = self.secret(value, "password", p)
             if not password:
-                env_name = "BACKCHANNEL_" + p.upper().replace(".", "_") + "_PASSWORD"
-                raise self.fail(f"{p}.password", f"missing (set it here or in ${env_name})")
+                raise self.fail(f"{p}.password",
+                                f"missing (set it here or in ${env_name(p + '.password')})")
             out[name] = Account(jid=jid, password=password)
         return out
 
@@ -467,7 +486,7 @@ class _Parser:
         feeds = self.strings(raw, "feeds", p, d.feeds)
         for feed in feeds:
             if not _NAME.match(feed):
-                raise self.fail(f"{p}.feeds", f"feed name {feed!r} must match {_NAME.pattern}")
+                raise self.fail(f"{p}.feeds", f"feed name {feed!r} must be {_NAME_RULE}")
         return NodeNames(
             feeds=feeds,
             max_items=self.positive(raw, "max_items", p, int, d.max_items),
@@ -490,7 +509,7 @@ class _Parser:
                                    "xmpp_publishers"}, p)
             name = self.get(item, "name", p, str, "")
             if not _NAME.match(name):
-                raise self.fail(f"{p}.name", f"must match {_NAME.pattern}, got {name!r}")
+                raise self.fail(f"{p}.name", f"must be {_NAME_RULE}, got {name!r}")
             source = self.get(item, "source", p, str, "")
             if not source:
                 raise self.fail(f"{p}.source", "missing (the URI the site puts in `source`)")
@@ -545,9 +564,10 @@ class _Parser:
                 raise self.fail(p, "must be a table")
             d = ServiceSettings(name=name)
             options = {k: v for k, v in value.items() if k not in known}
-            # Secrets inside plug-in options may come from the environment too.
-            for key in list(options):
-                if key in ("api_key", "password", "secret", "token", "auth_header"):
+            # Secrets inside plug-in options may come from the environment too, also when
+            # the file leaves them out (that is the point of keeping them out of it).
+            for key in _SECRET_OPTIONS:
+                if key in options or env_name(f"{p}.{key}") in self.env:
                     options[key] = self.secret(value, key, p)
             out[name] = ServiceSettings(
                 name=name,
@@ -586,7 +606,15 @@ class _Parser:
                 pattern = self.get(r, "pattern", rp, str, "")
                 if not pattern:
                     raise self.fail(f"{rp}.pattern", "missing (a glob such as 'user.*')")
-                parsed.append(Route(pattern, self.strings(r, "tasks", rp, ())))
+                if "tasks" not in r:  # a forgotten key would silently route to nothing
+                    raise self.fail(f"{rp}.tasks",
+                                    "missing (a list of task names; [] to accept and do nothing)")
+                tasks = self.strings(r, "tasks", rp, ())
+                for task in tasks:
+                    if not _NAME.match(task):
+                        raise self.fail(f"{rp}.tasks",
+                                        f"task name {task!r} must be {_NAME_RULE}")
+                parsed.append(Route(pattern, tasks))
             routes = tuple(parsed)
         return WorkerSettings(
             store=self.get(raw, "store", p, str, d.store),
@@ -610,7 +638,7 @@ class _Parser:
         roles_raw = self.table(raw, "roles", f"{p}.roles")
         roles: dict[str, Literal["viewer", "operator", "admin"]] = {}
         for jid, role in roles_raw.items():
-            if "/" in jid or "@" not in jid:
+            if "/" in jid or not _JID.fullmatch(jid):
                 raise self.fail(f"{p}.roles.{jid}", "must be a bare JID (name@domain)")
             if role not in ("viewer", "operator", "admin"):
                 raise self.fail(f"{p}.roles.{jid}",
