@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,18 @@ from backchannel.errors import BackchannelError, ConfigError, EventError, Server
 log = logging.getLogger("backchannel")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+EXAMPLES = """\
+examples:
+  backchannel server start                 a local Prosody, and var/server/backchannel.toml
+  backchannel config check                 validate the config, print it with secrets masked
+  backchannel nodes bootstrap              create or verify the PubSub nodes
+  backchannel tail events                  watch events arrive (Ctrl-C to stop)
+  backchannel publish user.registered --source https://shop.example.com \\
+      --data '{"user_id": "42", "address": "Toluca Lake, CA"}'
+
+Bad input exits with status 2, a failure of the system with 1.
+Run `backchannel COMMAND --help` for the options of a command."""
 
 
 class UsageExit(Exception):
@@ -51,21 +64,32 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="backchannel", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="backchannel",
+                    description="backchannel takes slow back-end work (geocoding, CRM and "
+                                "mailing-list sync, callbacks) off web sites, over XMPP "
+                                "PubSub.",
                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                    epilog="Run `backchannel COMMAND --help` for the options of a command.")
+                    epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"backchannel {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-vv for XMPP traffic details)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("config", help="validate and show the configuration")
+    p = sub.add_parser("config", help="validate and show the configuration",
+                       description="Validate the config file and print the effective "
+                                   "settings, secrets masked. Exit 2 naming file and key "
+                                   "if anything is wrong.")
     p.add_argument("action", choices=["check"], help="check: validate, print masked settings")
     _add_config(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("server", help="the managed local XMPP server (Prosody by default)")
-    p.add_argument("action", choices=["start", "stop", "status", "adduser"])
+    p = sub.add_parser("server", help="the managed local XMPP server (Prosody by default)",
+                       description="Run a local XMPP server for development and tests from a "
+                                   "generated config in one folder. `start` also writes "
+                                   "DIR/backchannel.toml with an account per component.")
+    p.add_argument("action", choices=["start", "stop", "status", "adduser"],
+                   help="start (idempotent), stop, status (exit 1 unless running), "
+                        "adduser NAME (create or reset an account)")
     p.add_argument("name", nargs="?", help="account name for adduser")
     p.add_argument("--dir", default="var/server", help="server folder (default: var/server)")
     p.add_argument("--kind", default="prosody", choices=["prosody", "ejabberd"])
@@ -73,28 +97,41 @@ def build_parser() -> Parser:
     p.add_argument("--gateway-port", type=int, default=8080,
                    help="gateway port written into the generated config (default 8080)")
 
-    p = sub.add_parser("nodes", help="create or verify the PubSub nodes")
-    p.add_argument("action", choices=["bootstrap"])
+    p = sub.add_parser("nodes", help="create or verify the PubSub nodes",
+                       description="Create or verify the PubSub nodes with an explicit "
+                                   "configuration and grant publishers (idempotent); report "
+                                   "what the server accepted, ignored or refused.")
+    p.add_argument("action", choices=["bootstrap"], help="bootstrap: create or verify")
     _add_config(p)
 
-    p = sub.add_parser("publish", help="publish one event and wait until the server stored it")
+    p = sub.add_parser("publish", help="publish one event and wait until the server stored it",
+                       description="Publish one CloudEvent and print its id once the server "
+                                   "has stored it.",
+                       epilog="example: backchannel publish user.registered --source "
+                              "https://shop.example.com --data '{\"user_id\": \"42\"}'")
     p.add_argument("type", help="event type, e.g. user.registered")
     p.add_argument("--source", required=True, help="the registered site's source URI")
-    p.add_argument("--data", default="{}", help="JSON data, or @FILE to read it from a file")
+    p.add_argument("--data", default="{}",
+                   help="JSON data, or @FILE to read it from a file (default: {})")
     p.add_argument("--id", help="event id (default: a new ULID)")
     p.add_argument("--node", default="events", help="node or short name (default: events)")
     p.add_argument("--account", default="site", help="account to publish as (default: site)")
     _add_config(p)
 
-    p = sub.add_parser("tail", help="print a node's items live (Ctrl-C to stop)")
+    p = sub.add_parser("tail", help="print a node's items live (Ctrl-C to stop)",
+                       description="Print the last retained items of a node, then new items "
+                                   "as they are published, until Ctrl-C (or --count).")
     p.add_argument("node", help="node name, or events|results|deadletters|<feed name>")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
-    p.add_argument("--last", type=int, default=10, help="retained items to show first")
+    p.add_argument("--last", type=int, default=10,
+                   help="retained items to show first (default 10)")
     p.add_argument("--account", default="operator", help="account (default: operator)")
     p.add_argument("--count", type=int, default=0, help="exit after N live items (0: never)")
     _add_config(p)
 
-    p = sub.add_parser("run", help="run components in one process")
+    p = sub.add_parser("run", help="run components in one process",
+                       description="Run the worker, the HTTP gateway and the chat bot in one "
+                                   "process until SIGINT/SIGTERM.")
     p.add_argument("--components", default="worker,gateway,bot",
                    help="comma-separated: worker, gateway, bot (default: all)")
     _add_config(p)
@@ -175,7 +212,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     elif args.action == "status":
         running, current = server.status()
         if current is None:
-            print(f"no managed server in {args.dir}")
+            print(f"backchannel server status: no managed server in {args.dir} "
+                  "(start one with `backchannel server start --dir DIR`)", file=sys.stderr)
             return EXIT_FAILURE
         print(f"{current.kind} {'running' if running else 'stopped'}: "
               f"127.0.0.1:{current.c2s_port} pid {current.pid} "
@@ -185,7 +223,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         if not args.name:
             raise UsageExit("backchannel server adduser: give an account name")
         password = server.adduser(args.name, args.password)
-        print(f"{args.name}@localhost / {password}")
+        added = server.load_state()
+        print(f"{args.name}@{added.domain if added else 'localhost'} / {password}")
     return EXIT_OK
 
 
@@ -218,12 +257,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from backchannel.xmpp_tools import publish_one
     from pubsub.envelope import make_event
 
-    settings = load_settings(args.config)
-    data = read_data(args.data)
+    data = read_data(args.data)  # the command line first: its mistakes are the likelier ones
     try:
         event = make_event(args.type, args.source, data, id=args.id)
     except EventError as exc:
         raise UsageExit(f"backchannel publish: {exc}") from None
+    settings = load_settings(args.config)
     if len(event.to_json().encode()) > settings.max_event_bytes:
         raise UsageExit(f"backchannel publish: event is larger than "
                         f"{settings.max_event_bytes} bytes")
@@ -236,9 +275,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from backchannel.xmpp_tools import tail
 
-    settings = load_settings(args.config)
     if args.last < 0 or args.count < 0:
         raise UsageExit("backchannel tail: --last and --count must not be negative")
+    settings = load_settings(args.config)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail(settings, args.account, short_node(settings, args.node),
                          as_json=args.json, last=args.last, count=args.count))
@@ -302,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `backchannel config check | head`: the reader left, not an error
+        # As the Python docs advise: point stdout at devnull so the flush at exit is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

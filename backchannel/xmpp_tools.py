@@ -68,12 +68,20 @@ async def tail(settings: Settings, account: str, node: str, *, as_json: bool, la
     try:
         # A full-JID subscription: it ends with this session and never reaches other clients.
         await ps.subscribe(node, conn.jid)
+        # On stderr, so stdout stays one item per line; tells a person (or a script
+        # waiting for it) that nothing published from now on will be missed.
+        print(f"tailing {node} as {conn.jid} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        shown: set[str] = set()
         if last:
             for item in (await ps.items(node, max_items=last))[-last:]:
+                shown.add(item.id)
                 print(format_item(item, as_json, settings.max_event_bytes), flush=True)
         seen = 0
         while not count or seen < count:
             item = await queue.get()
+            if item.id and item.id in shown:  # published between subscribe and the read-back
+                shown.discard(item.id)
+                continue
             print(format_item(item, as_json, settings.max_event_bytes), flush=True)
             seen += 1
     finally:
