@@ -15,6 +15,7 @@ event id in ``subject``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -48,6 +49,9 @@ TIME_RE = re.compile(
 NOT_XML_RE = re.compile("[\ud800-\udfff\ufffe\uffff]")
 # The same code points as JSON escapes in a raw document: a cheap pre-check before a walk.
 _ESCAPED_NOT_XML = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|[fF]{3}[eEfF])")
+
+# json.loads reads 1e400 as inf, which json.dumps would write as "Infinity": not JSON.
+NOT_FINITE = "event data holds NaN, Infinity or a number beyond 1.8e308, which JSON cannot carry"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -112,8 +116,7 @@ class Event:
             text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"),
                               allow_nan=False)
         except ValueError:  # NaN or Infinity: Python writes them, no other JSON parser reads them
-            raise EventError("event data holds NaN or Infinity, which JSON cannot carry") \
-                from None
+            raise EventError(NOT_FINITE) from None
         except RecursionError:
             raise EventError("event data is nested too deeply") from None
         bad = NOT_XML_RE.search(text)
@@ -189,8 +192,10 @@ def validate(doc: Any, known_sources: Callable[[str], bool] | None = None) -> Ev
             )
         if isinstance(value, dict | list):
             raise EventError(f"extension attribute '{key}' must be a string, number or boolean")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EventError(NOT_FINITE)
         extensions[key] = value
-    _check_depth(doc.get("data"))
+    _check_data(doc.get("data"))
     if known_sources is not None and not known_sources(doc["source"]):
         raise UnknownSource(f"source {doc['source'][:80]!r} is not a registered site")
     return Event(
@@ -265,8 +270,13 @@ def _check_strings(doc: Any) -> None:
             stack.extend(value)
 
 
-def _check_depth(data: Any) -> None:
-    """Refuse ``data`` nested deeper than :data:`MAX_DEPTH` (iterative: no recursion)."""
+def _check_data(data: Any) -> None:
+    """Refuse ``data`` nested deeper than :data:`MAX_DEPTH` or holding a non-finite number
+    (iterative, so no RecursionError whatever the input)."""
+    if isinstance(data, float):
+        if not math.isfinite(data):
+            raise EventError(NOT_FINITE)
+        return
     if not isinstance(data, dict | list):
         return
     stack: list[tuple[Any, int]] = [(data, 1)]
@@ -274,8 +284,11 @@ def _check_depth(data: Any) -> None:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise EventError(f"event JSON is nested more than {MAX_DEPTH} levels deep")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, float) and not math.isfinite(child):
+                raise EventError(NOT_FINITE)
 
 
 def to_element(event: Event) -> ET.Element:

@@ -130,8 +130,12 @@ def test_make_event_maps_known_attributes_out_of_extensions() -> None:
 
 
 def test_make_event_refuses_what_json_or_xmpp_cannot_carry() -> None:
-    with pytest.raises(EventError, match="NaN or Infinity"):
+    with pytest.raises(EventError, match="NaN, Infinity or a number beyond 1.8e308"):
         make_event("user.registered", "s", {"x": float("nan")})
+    with pytest.raises(EventError, match="NaN, Infinity"):
+        make_event("user.registered", "s", [1, [float("-inf")]])
+    with pytest.raises(EventError, match="NaN, Infinity"):
+        Event(id="a1", source="s", type="a.b", extensions={"x": float("inf")}).to_json()
     with pytest.raises(EventError, match="U\\+FFFF"):
         make_event("user.registered", "s", {"x": "a\uffffb"})
     with pytest.raises(EventError, match="U\\+D800"):
@@ -244,6 +248,17 @@ def test_not_a_json_object() -> None:
 ])
 def test_not_json(raw: str, expected: str) -> None:
     assert rejects(raw) == expected
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "[1, {\"a\": 2e308}]"])
+def test_numbers_that_overflow_to_infinity(number: str) -> None:
+    # json.loads reads 1e400 as inf; passing it on would put "Infinity" on the node.
+    expected = "event data holds NaN, Infinity or a number beyond 1.8e308, which JSON cannot carry"
+    assert rejects(json.dumps(doc()).replace('"data": {', f'"data": {{"n": {number}, ')) \
+        == expected
+    assert rejects(json.dumps(doc(data=None))[:-1] + f', "data": {number}}}') == expected
+    if not number.startswith("["):  # as an extension attribute too
+        assert rejects(json.dumps(doc(data=None))[:-1] + f', "big": {number}}}') == expected
 
 
 def test_integer_beyond_python_digit_limit_is_an_event_error() -> None:
