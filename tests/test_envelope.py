@@ -130,7 +130,7 @@ def test_make_event_maps_known_attributes_out_of_extensions() -> None:
 
 
 def test_make_event_refuses_what_json_or_xmpp_cannot_carry() -> None:
-    with pytest.raises(EventError, match="NaN, Infinity or a number beyond 1.8e308"):
+    with pytest.raises(EventError, match=r"NaN, Infinity or a number beyond 1\.8e308"):
         make_event("user.registered", "s", {"x": float("nan")})
     with pytest.raises(EventError, match="NaN, Infinity"):
         make_event("user.registered", "s", [1, [float("-inf")]])
