@@ -71,15 +71,13 @@ class Chatter:
         return self.from_(sender_prefix, since)
 
     async def ask(self, line: str, *, to: str | None = None, kind: str = "chat",
-                  timeout: float = 10.0, expect_from: str | None = None) -> str:
-        """Send ``line``; the first answer's text (all chunks when they come at once)."""
+                  timeout: float = 10.0, expect_from: str | None = None,
+                  chunks: int = 1) -> str:
+        """Send ``line``; the text of the next ``chunks`` messages from the bot, joined."""
         since = len(self.inbox)
         target = to or self.bot_jid
         self.conn.send_message(target, line, kind)
-        got = await self.wait_for(expect_from or target, since, timeout=timeout)
-        # a long reply comes in several chunks in a row: give the rest a moment
-        with contextlib.suppress(AssertionError):
-            got = await self.wait_for(expect_from or target, since, len(got) + 1, 0.3)
+        got = await self.wait_for(expect_from or target, since, chunks, timeout=timeout)
         return "\n".join(m.body for m in got)
 
     def join(self, room: str, nick: str) -> None:
