@@ -23,6 +23,11 @@ def add_extra_commands(sub: Any) -> None:
     p.add_argument("--chaos", metavar="FILE",
                    help="use fake outside services misbehaving as this chaos profile says "
                         "(see simulator/chaos.example.toml)")
+    p = sub.add_parser("bench", help="run the benchmark suite and print one table")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated subset of: pubsub_ceiling,"
+                   " pipeline, ingest, bot, backlog, memory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quick", action="store_true", help="a shorter run")
 
 
 class _Extra:
@@ -37,6 +42,11 @@ class _Extra:
             from backchannel.demo import cmd_demo
 
             handler: Callable[[argparse.Namespace], int] = cmd_demo
+            return handler
+        if name == "bench":
+            from benchmarks.run import main as cmd_bench
+
+            handler = cmd_bench
             return handler
         raise KeyError(name)
 

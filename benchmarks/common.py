@@ -52,7 +52,8 @@ class Row:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"bench": self.bench, "metric": self.metric, "value": self.value,
+        value = None if self.value is None or math.isnan(self.value) else self.value
+        return {"bench": self.bench, "metric": self.metric, "value": value,
                 "unit": self.unit, "goal": self.goal, "ok": self.ok, "note": self.note}
 
 
