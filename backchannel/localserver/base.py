@@ -166,11 +166,18 @@ class ManagedServer:
             )
         state.pid = self._proc.pid
         self.save_state(state)
-        self.wait_ready(state)
-        if fresh:
-            for name, password in state.accounts.items():
-                self.register(state, name, password)
-        self.after_start(state, fresh)
+        try:
+            self.wait_ready(state)
+            self.after_start(state, fresh)
+            if fresh:
+                for name, password in state.accounts.items():
+                    self._register_retrying(state, name, password)
+        except BaseException:
+            # Never leave a half-started server running behind an error.
+            self._kill(state.pid)
+            state.pid = None
+            self.save_state(state)
+            raise
         log.info("%s started on 127.0.0.1:%d in %.1f s (folder %s)", self.kind,
                  state.c2s_port, time.monotonic() - started, self.dir)
         return state
@@ -226,10 +233,21 @@ class ManagedServer:
         if state is None:
             raise ServerError(f"no managed server in {self.dir}; run `backchannel server start`")
         password = password or secrets.token_urlsafe(12)
-        self.register(state, name, password)
+        self._register_retrying(state, name, password)
         state.accounts[name] = password
         self.save_state(state)
         return password
+
+    def _register_retrying(self, state: ServerState, name: str, password: str) -> None:
+        """Register, retrying briefly: the running server may hold its database lock."""
+        for attempt in range(5):
+            try:
+                self.register(state, name, password)
+                return
+            except ServerError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_tail(self, lines: int = 15) -> str:
         try:
