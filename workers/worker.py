@@ -68,6 +68,12 @@ class Worker:
             headers={"User-Agent": f"backchannel/{__version__}"})
         env = TaskEnv(self.settings, self.store, self._http)
         tasks = build_tasks(self.analyzer.task_names(), env)
+        for task in tasks.values():
+            warm_up = getattr(task, "warm_up", None)
+            if warm_up is not None:
+                started = time.monotonic()
+                await warm_up()
+                log.info("task %s ready in %.1f s", task.name, time.monotonic() - started)
         paused = self.store.paused()
         for name, task in tasks.items():
             lane = Lane(task, self.settings.service(name), self.store, self.metrics,

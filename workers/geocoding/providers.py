@@ -86,10 +86,16 @@ class OfflineProvider:
     def __init__(self, geocoder: OfflineGeocoder | None = None) -> None:
         self._geocoder = geocoder
 
+    async def warm_up(self) -> None:
+        """Build the index now (a second or two, off the loop) rather than on the first
+        lookup, where it would eat into the task's timeout."""
+        if self._geocoder is None:
+            self._geocoder = await asyncio.to_thread(get_offline_geocoder)
+
     async def geocode(self, address: str) -> GeoResult | None:
         if self._geocoder is None:
-            # Building takes about a second: keep the event loop free meanwhile.
-            self._geocoder = await asyncio.to_thread(get_offline_geocoder)
+            await self.warm_up()
+        assert self._geocoder is not None
         return self._geocoder.lookup(address)
 
     async def aclose(self) -> None:

@@ -1,7 +1,9 @@
 """The task plug-in interface and its registry (entry-point group ``backchannel.tasks``).
 
 A plug-in is a class with a ``build(settings, env)`` classmethod returning an object with
-``name``, ``service`` and ``async run(event) -> result``. ``run`` returns a JSON-able
+``name``, ``service`` and ``async run(event) -> result``, and optionally
+``async warm_up()``, awaited once before the worker takes work (load an index, open a
+pool). ``run`` returns a JSON-able
 mapping or raises :class:`~backchannel.errors.TemporaryTaskError` (retry later) or
 :class:`~backchannel.errors.PermanentTaskError` (do not retry). Anything else is treated
 as temporary and logged with its traceback, because it is a bug in the plug-in.

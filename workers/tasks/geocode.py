@@ -63,5 +63,10 @@ class GeocodeTask:
         self.env.store.cache_put(key, result, self.ttl)
         return {**result, "cached": False}
 
+    async def warm_up(self) -> None:
+        warm_up = getattr(self.geocoder, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()
+
     async def aclose(self) -> None:
         await self.geocoder.aclose()
