@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -254,7 +255,6 @@ def read_data(value: str) -> Any:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from backchannel.xmpp_tools import publish_one
     from pubsub.envelope import make_event
 
     data = read_data(args.data)  # the command line first: its mistakes are the likelier ones
@@ -267,17 +267,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise UsageExit(f"backchannel publish: event is larger than "
                         f"{settings.max_event_bytes} bytes")
     node = short_node(settings, args.node)
+    from backchannel.xmpp_tools import publish_one  # slixmpp: only once the input is good
+
     asyncio.run(publish_one(settings, args.account, node, event))
     print(event.id)
     return EXIT_OK
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from backchannel.xmpp_tools import tail
-
     if args.last < 0 or args.count < 0:
         raise UsageExit("backchannel tail: --last and --count must not be negative")
     settings = load_settings(args.config)
+    from backchannel.xmpp_tools import tail
+
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail(settings, args.account, short_node(settings, args.node),
                          as_json=args.json, last=args.last, count=args.count))
@@ -302,13 +304,32 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def check_operator_word(word: str, parser: Parser) -> None:
+    """A typo is a usage error here, before any config is read or the bot is asked."""
+    try:
+        from commands.builtin import builtin_registry
+    except ImportError:  # no command set installed: the operator door decides
+        return
+    registry = builtin_registry()
+    heads = {c.words[0].casefold() for c in registry}
+    if word.casefold() in heads or registry.resolve([word]) or registry.group(word):
+        return
+    choices = sorted(set(HANDLERS) | heads)
+    near = difflib.get_close_matches(word, choices, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise UsageExit(f"backchannel: unknown command {word!r} ({hint}see backchannel --help)")
+
+
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 \
         else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         stream=sys.stderr)
     if verbosity < 2:
-        logging.getLogger("slixmpp").setLevel(logging.WARNING)
+        # Our connection layer turns slixmpp's failures into one clear error; its own
+        # log lines would be a second, rawer report of the same thing (-v shows them).
+        logging.getLogger("slixmpp").setLevel(logging.WARNING if verbosity else
+                                              logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -319,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and not argv[0].startswith("-") and argv[0] not in HANDLERS and \
                 argv[0] not in OPERATOR_FALLBACK.reserved():
+            check_operator_word(argv[0], parser)
             return run_operator_command(argv)
         args = parser.parse_args(argv)
         setup_logging(args.verbose)
