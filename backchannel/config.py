@@ -176,7 +176,6 @@ class Route:
 class WorkerSettings:
     store: str = "var/worker.sqlite"
     unknown_types: Literal["ignore", "deadletter"] = "deadletter"
-    max_in_flight: int = 256
     feed_personal_data: bool = False
     callback_concurrency: int = 16
     callback_time_scale: float = 1.0  # < 1 compresses the callback retry schedule (tests, demo)
@@ -621,7 +620,6 @@ class _Parser:
             unknown_types=self.choice(  # type: ignore[arg-type]
                 raw, "unknown_types", p, ("ignore", "deadletter"), d.unknown_types
             ),
-            max_in_flight=self.positive(raw, "max_in_flight", p, int, d.max_in_flight),
             feed_personal_data=self.get(raw, "feed_personal_data", p, bool,
                                         d.feed_personal_data),
             callback_concurrency=self.positive(raw, "callback_concurrency", p, int,

@@ -81,7 +81,7 @@ def test_unknown_key_lists_the_known_ones() -> None:
     ("[xmpp]\nserver_kind = 'jabberd'", "xmpp.server_kind", "must be one of prosody, ejabberd"),
     ("sites = {}", "sites", r"must be an array of tables \(\[\[sites\]\]\)"),
     ("[worker]\nunknown_types = 'drop'", "worker.unknown_types", "ignore, deadletter"),
-    ("[worker]\nmax_in_flight = 0", "worker.max_in_flight", "must be greater than 0, got 0"),
+    ("[worker]\ncallback_concurrency = 0", "worker.callback_concurrency", "must be greater than 0, got 0"),
     ("[services.crm]\nrate_per_second = -1", "services.crm.rate_per_second",
      "must not be negative, got -1.0"),
     ("[services.crm]\ntimeout = nan", "services.crm.timeout", "must be a finite number, got nan"),
