@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from slixmpp.plugins.xep_0030.stanza.info import DiscoInfo
+from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
+
 from backchannel.config import BotSettings
 from backchannel.errors import CommandError, PermissionDenied, UsageError
+from bot.adhoc_client import LINE_NODE, NS_CMD
 from bot.forms import (
     command_form,
     confirm_form,
@@ -45,9 +49,7 @@ from pubsub.connection import XmppConnection
 
 log = logging.getLogger(__name__)
 
-NS_CMD = "http://jabber.org/protocol/commands"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-LINE_NODE = "line"
 SESSION_TTL = 120.0
 MAX_SESSIONS = 1000
 MAX_PER_JID = 10
@@ -120,16 +122,12 @@ class AdhocDoor:
     def _items(self, node: str | None, requester: str, iq: Any) -> Any:
         if node != NS_CMD:
             return None
-        from slixmpp.plugins.xep_0030.stanza.items import DiscoItems
-
         items = DiscoItems()
         for sub, name in self.nodes_for(requester):
             items.add_item(self.conn.client.boundjid, sub, name)
         return items
 
     def _info(self, node: str | None, requester: str, iq: Any) -> Any:
-        from slixmpp.plugins.xep_0030.stanza.info import DiscoInfo
-
         if node == NS_CMD:
             info = DiscoInfo()
             info.add_identity("automation", "command-list", name="Commands")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from backchannel.operator_backend import RuntimeBackend
 from bot.adhoc import AdhocDoor
+from bot.adhoc_client import BOT_RESOURCE
 from bot.chat import ChatDoor
 from bot.relay import FeedRelays
 from bot.rooms import Rooms
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESOURCE = "bot"
+RESOURCE = BOT_RESOURCE
 
 
 class Bot:

@@ -54,13 +54,15 @@ class Chatter:
                                (body.text or "") if body is not None else "", time.monotonic()))
         self._arrived.set()
 
-    def from_(self, sender_prefix: str, since: int = 0) -> list[Said]:
-        return [m for m in self.inbox[since:] if m.sender.startswith(sender_prefix)]
+    def from_(self, sender_prefix: str, since: int = 0, to_nick: str = "") -> list[Said]:
+        """Messages from ``sender_prefix`` since index ``since`` (in a room: to ``to_nick``)."""
+        return [m for m in self.inbox[since:] if m.sender.startswith(sender_prefix)
+                and (not to_nick or m.body.startswith(f"{to_nick}:"))]
 
     async def wait_for(self, sender_prefix: str, since: int, count: int = 1,
-                       timeout: float = 10.0) -> list[Said]:
+                       timeout: float = 10.0, to_nick: str = "") -> list[Said]:
         deadline = time.monotonic() + timeout
-        while len(self.from_(sender_prefix, since)) < count:
+        while len(self.from_(sender_prefix, since, to_nick)) < count:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no answer from {sender_prefix} within {timeout} s; "
@@ -68,16 +70,21 @@ class Chatter:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
-        return self.from_(sender_prefix, since)
+        return self.from_(sender_prefix, since, to_nick)
 
     async def ask(self, line: str, *, to: str | None = None, kind: str = "chat",
                   timeout: float = 10.0, expect_from: str | None = None,
-                  chunks: int = 1) -> str:
-        """Send ``line``; the text of the next ``chunks`` messages from the bot, joined."""
+                  chunks: int = 1, to_nick: str = "") -> str:
+        """Send ``line``; the text of the next ``chunks`` messages from the bot, joined.
+
+        In a room other people's answers arrive too: ``to_nick`` keeps only the bot's
+        answers addressed to that nick (the bot starts them with ``nick:``).
+        """
         since = len(self.inbox)
         target = to or self.bot_jid
         self.conn.send_message(target, line, kind)
-        got = await self.wait_for(expect_from or target, since, chunks, timeout=timeout)
+        got = await self.wait_for(expect_from or target, since, chunks, timeout=timeout,
+                                  to_nick=to_nick)
         return "\n".join(m.body for m in got)
 
     def join(self, room: str, nick: str) -> None:
@@ -117,11 +124,13 @@ def stranger_account(managed: ManagedServer, state: ServerState) -> Account:
 async def bot_world(state: ServerState, var: Path, *, rooms: tuple[str, ...] = (),
                     relay_interval: float = 3.0, rate: int = 1000,
                     components: tuple[str, ...] = ("worker", "bot"),
+                    roles: dict[str, str] | None = None,
                     **pipeline: Any) -> AsyncIterator[World]:
-    async with Pipeline(state, var, geocoder="offline", **pipeline) as p:
+    async with Pipeline(state, var, **pipeline) as p:
         settings = replace(p.settings, bot=replace(
             p.settings.bot, rooms=rooms, relay_interval=relay_interval,
-            rate_limit_per_minute=rate))
+            rate_limit_per_minute=rate,
+            roles={**p.settings.bot.roles, **(roles or {})}))
         runtime = Runtime(settings)
         async with contextlib.AsyncExitStack() as stack:
             await start_components(runtime, stack, list(components))

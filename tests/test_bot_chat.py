@@ -124,7 +124,7 @@ async def _join_and_wait(chatter: Chatter, room: str, nick: str, bot_nick: str) 
     """Join ``room``; wait until the bot answers there (it is in the room too)."""
     chatter.join(room, nick)
     reply = await chatter.ask(f"{bot_nick}: whoami", to=room, kind="groupchat",
-                              expect_from=f"{room}/{bot_nick}")
+                              expect_from=f"{room}/{bot_nick}", to_nick=nick)
     assert reply.startswith(f"{nick}: You are"), reply
 
 
@@ -140,8 +140,11 @@ async def test_room_transcript(server_state: ServerState, managed: ManagedServer
         stranger = await w.client(stranger_account(managed, server_state))
         await _join_and_wait(stranger, room, "operator", nick)  # a nick proves nothing
 
+        nicks = {id(op): "op", id(stranger): "operator"}
+
         async def say(who: Chatter, line: str) -> str:
-            return await who.ask(line, to=room, kind="groupchat", expect_from=bot_in_room)
+            return await who.ask(line, to=room, kind="groupchat", expect_from=bot_in_room,
+                                 to_nick=nicks[id(who)])
 
         whoami = await say(op, f"{nick}: whoami")
         assert "`operator@localhost`, role *admin*, in groupchat " + room in whoami, whoami
@@ -165,7 +168,7 @@ async def test_room_transcript(server_state: ServerState, managed: ManagedServer
         op.conn.send_message(room, "status of the deploy, anyone?", "groupchat")
         op.conn.send_message(room, "backchannelx: status", "groupchat")
         version = await say(op, "!version")
-        answers = op.from_(bot_in_room, since)
+        answers = op.from_(bot_in_room, since, to_nick="op")
         assert len(answers) == 1 and "backchannel 0." in version, [a.body for a in answers]
         rooms_audit = [a for a in w.bot.state.audit(100) if a["where"] == "groupchat"]
         assert rooms_audit and all(a["room"] == room for a in rooms_audit)
