@@ -122,9 +122,10 @@ async def execute(settings: Any, opts: Options) -> int:
         client = AdhocClient(conn, bot)
         reply = await client.execute(LINE_NODE, {"line": command_line(opts.words)})
         if reply.asks_confirmation:
-            reply = await confirm(client, reply, opts)
-            if reply is None:
+            confirmed = await confirm(client, reply, opts)
+            if confirmed is None:
                 return EXIT_FAILURE
+            reply = confirmed
         return show(reply, opts)
     except XmppRefused as exc:
         if exc.condition in OFFLINE:
