@@ -6,6 +6,7 @@ tests exercise is what a newcomer runs.
 
 from __future__ import annotations
 
+import json
 import os
 
 from backchannel.errors import ServerError
@@ -49,7 +50,7 @@ def config_toml(state: ServerState, *, var_dir: str = "var", gateway_port: int =
     ]
     for name, password in state.accounts.items():
         lines += [f"[accounts.{name}]", f'jid = "{state.jid(name)}"',
-                  f'password = "{password}"', ""]
+                  f"password = {json.dumps(password)}", ""]  # JSON escapes are TOML escapes
     lines += [
         "[worker]",
         f'store = "{var_dir}/worker.sqlite"',
