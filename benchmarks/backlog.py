@@ -159,15 +159,15 @@ def run(opts: Options, via: str = "store") -> Section:
     first_n = 500 if opts.quick else 1000
     results = asyncio.run(measure(sizes, first_n, via))
     section = Section(NAME)
-    base = results[sizes[0]]["task_rate"]
+    base = results[sizes[0]]["rate"]
     for size in sizes:
         r = results[size]
-        section.add(f"{size:,} pending: processing rate", r["task_rate"], "events/s",
-                    goal="" if size == sizes[0] else f">= {RATE_GOAL} x {sizes[0]:,} rate",
-                    ok=None if size == sizes[0] else r["task_rate"] >= RATE_GOAL * base,
-                    note="task attempts / 3")
         section.add(f"{size:,} pending: results over first {min(first_n, size)}", r["rate"],
-                    "events/s")
+                    "events/s",
+                    goal="" if size == sizes[0] else f">= {RATE_GOAL} x {sizes[0]:,} rate",
+                    ok=None if size == sizes[0] else r["rate"] >= RATE_GOAL * base)
+        section.add(f"{size:,} pending: processing rate", r["task_rate"], "events/s",
+                    note="task attempts / 3, see notes")
         section.add(f"{size:,} pending: worker peak RSS", r["rss"], "MiB",
                     goal=f"< {RSS_GOAL_MIB:.0f}" if size >= 100_000 else "",
                     ok=r["rss"] < RSS_GOAL_MIB if size >= 100_000 else None)
@@ -185,7 +185,9 @@ def run(opts: Options, via: str = "store") -> Section:
         "node between the first and the N-th result; processing rate = task attempts the "
         "worker recorded in that window / 3 tasks per event. The two differ because lanes "
         "are independent: with a deep backlog the fast lanes (local CRM, list) run ahead "
-        "on events whose geocode is still queued, so results trail the work done.")
+        "on events whose geocode is still queued, so results trail the work done; with "
+        "1k the fast lanes finish much of their work before the first result, which the "
+        "window misses. The goal is checked on the results rate (the conservative one).")
     return section
 
 

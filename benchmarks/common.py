@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from xml.etree import ElementTree as ET
 
 from backchannel import config
+from backchannel.errors import ServerError
 from backchannel.localserver import ServerState, managed_server
 from pubsub.client import NS_EVENT, PubSub
 from pubsub.connection import XmppConnection
@@ -211,7 +212,14 @@ class BenchServer:
         self.state: ServerState
 
     def __enter__(self) -> BenchServer:
-        self.server.start()
+        try:
+            self.server.start()
+        except ServerError:
+            # Seen on a loaded machine: prosodyctl's account creation raced Prosody's own
+            # SQLite transaction at first start. One retry in a fresh folder.
+            self.server.stop()
+            self.server = managed_server(self.server.kind, self.dir / "server-retry")
+            self.server.start()
         state = self.server.load_state()
         assert state is not None
         self.state = state

@@ -142,7 +142,7 @@ async def measure(bs: BenchServer, n: int, variants: tuple[Variant, ...]
 
 
 def run(opts: Options) -> Section:
-    n = 500 if opts.quick else 1500
+    n = 400 if opts.quick else 1000
     variants = VARIANTS if not opts.quick else VARIANTS[:3]
     section = Section(NAME)
     ceiling = opts.shared.get("ceiling")

@@ -228,7 +228,7 @@ def summarize(results: list[RunResult], n: int, rounds: int) -> Section:
 
 
 def run(opts: Options) -> Section:
-    n, rounds = (500, 1) if opts.quick else (2000, 2)
+    n, rounds = (500, 1) if opts.quick else (1500, 3)
     with BenchServer(prefix="bench-ceiling-") as bs:
         from backchannel.localserver import config_toml
 

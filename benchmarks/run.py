@@ -48,8 +48,8 @@ def run_ingest(opts: Options) -> Section:
     from backchannel.localserver import config_toml, managed_server
     from benchmarks import bench_ingest
 
-    args = argparse.Namespace(rate=200.0, duration=5.0 if opts.quick else 15.0, warmup=2.0,
-                              rounds=1, server="prosody")
+    args = argparse.Namespace(rate=200.0, duration=6.0 if opts.quick else 16.0, warmup=2.0,
+                              slice=2.0, rounds=1, server="prosody")
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         server = managed_server("prosody", Path(tmp) / "server")
         server.start()
@@ -80,24 +80,44 @@ def run_ingest(opts: Options) -> Section:
 
 
 def run_bot(opts: Options) -> Section:
-    """benchmarks/bench_bot.py when present (written separately); else 'not available'."""
+    """benchmarks/bench_bot.py when present (written separately); else 'not available'.
+
+    It prints its figures, so they are read back from its output.
+    """
+    section = Section("bot")
     try:
         module = importlib.import_module("benchmarks.bench_bot")
     except ImportError:
         module = None
-    entry = getattr(module, "run", None) if module is not None else None
+    entry = getattr(module, "bench", None) if module is not None else None
     if entry is None:
-        section = Section("bot")
         section.add("round trip", None, "ms", note="not available")
-        section.notes.append("benchmarks/bench_bot.py is not there yet (or has no "
-                             "run(opts) -> Section); the bot round trip was not measured.")
+        section.notes.append("benchmarks/bench_bot.py is not there (or has no bench()); the "
+                             "bot round trip was not measured.")
         return section
-    result = entry(opts)
-    if isinstance(result, Section):
-        return result
-    section = Section("bot")
-    for key, value in dict(result).items():
-        section.add(str(key), float(value))
+    import asyncio
+    import io
+    import re
+    import tempfile
+
+    requests = 60 if opts.quick else 200
+    out = io.StringIO()
+    with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp, \
+            contextlib.redirect_stdout(out):
+        asyncio.run(entry(requests, 50, Path(tmp)))
+    text = out.getvalue()
+    for label, pattern in (("bare slixmpp echo bot", r"bare slixmpp echo bot"),
+                           ("bot `status`", r"backchannel `status`")):
+        m = re.search(pattern + r"\s+([\d.]+)\s+([\d.]+)", text)
+        if m:
+            section.add(f"{label}: round trip p50", float(m.group(1)), "ms")
+            section.add(f"{label}: round trip p99", float(m.group(2)), "ms")
+    m = re.search(r"p50 ratio bot/echo: ([\d.]+) \(goal <= ([\d.]+)\)", text)
+    if m:
+        ratio, goal = float(m.group(1)), float(m.group(2))
+        section.add("p50 bot / echo", ratio, "x", goal=f"<= {goal:g}", ok=ratio <= goal)
+    section.notes.append(f"{requests} sequential round trips each, alternating blocks "
+                         "(benchmarks/bench_bot.py).")
     return section
 
 
