@@ -332,15 +332,34 @@ def setup_logging(verbosity: int) -> None:
                                               logging.CRITICAL)
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word that is not an option (``-c FILE`` takes its value along)."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token in ("-c", "--config"):
+            skip = True
+            continue
+        if token.startswith("-"):
+            if token in ("-h", "--help", "--version"):
+                return None
+            continue
+        return token
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from backchannel.cli_extra import OPERATOR_FALLBACK, run_operator_command
 
     parser = build_parser()
     try:
-        if argv and not argv[0].startswith("-") and argv[0] not in HANDLERS and \
-                argv[0] not in OPERATOR_FALLBACK.reserved():
-            check_operator_word(argv[0], parser)
+        word = _command_word(argv)
+        if word is not None and word not in HANDLERS and \
+                word not in OPERATOR_FALLBACK.reserved():
+            check_operator_word(word, parser)
             return run_operator_command(argv)
         args = parser.parse_args(argv)
         setup_logging(args.verbose)

@@ -70,6 +70,8 @@ def parse_argv(argv: list[str]) -> Options:
             opts.json = True
         elif arg in ("-y", "--yes"):
             opts.yes = True
+        elif arg in ("-v", "-vv", "--verbose") and not opts.words:
+            pass  # the global verbosity flag; this front door logs nothing worth raising
         elif arg in ("-h", "--help") and not opts.words:
             raise UsageExit("")
         else:

@@ -20,7 +20,6 @@ import logging
 import signal
 import socket
 import time
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from simulator.stack import (
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ["worker", "gateway"] + (["bot"] if find_spec("bot.component") else [])
+COMPONENTS = ["worker", "gateway", "bot"]
 
 
 def _port_free(port: int) -> bool:
@@ -91,7 +90,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             text = stack_toml(state, StackOptions(
                 var_dir=str(folder / run_id), services_url=services_url, site_url=site.url,
                 gateway_port=0 if args.check else args.port, fast_retries=args.check,
-                geocoder="offline", node_prefix="backchannel"))
+                geocoder="offline",
+                # Separate nodes, so a check never replays into the demo's feeds or back.
+                node_prefix="backchannel-check" if args.check else "backchannel"))
             cfg_file = folder / "backchannel.toml"
             cfg_file.write_text(text)
             cfg_file.chmod(0o600)
