@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     PRIMARY KEY (event_id, task)
 );
-CREATE INDEX IF NOT EXISTS tasks_due ON tasks (service, state, next_at);
+DROP INDEX IF EXISTS tasks_due;
+CREATE INDEX IF NOT EXISTS tasks_due_ordered ON tasks (service, state, next_at, event_id);
 CREATE TABLE IF NOT EXISTS attempts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
@@ -254,9 +255,12 @@ class Store:
     # ------------------------------------------------------------------ tasks
     def due_tasks(self, service: str, now: float, limit: int,
                   exclude: set[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+        """Due tasks of one service, oldest first. Every lane orders ties the same way
+        (by event id, which sorts by time for ULIDs), so the lanes work on the same events
+        at the same time and finished events come out steadily, not after the backlog."""
         rows = self.q(
             "SELECT event_id, task FROM tasks WHERE service = ? AND state = 'pending' "
-            "AND next_at <= ? ORDER BY next_at LIMIT ?",
+            "AND next_at <= ? ORDER BY next_at, event_id LIMIT ?",
             (service, now, limit + (len(exclude) if exclude else 0)),
         )
         out = [(r[0], r[1]) for r in rows]
