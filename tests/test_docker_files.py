@@ -312,10 +312,12 @@ class LocalProsody:
             text = text.replace(old, new)
         return text.replace("/var/lib/backchannel", str(self.var))
 
-    def settings(self, gateway_port: int = 0, **xmpp: object) -> config.Settings:
-        text = self.toml_text(gateway_port)
+    def settings(self, *, trust_ca_file: bool = True) -> config.Settings:
+        text = self.toml_text(gateway_port=0)
         settings = config.loads(text, env=self.env, name="backchannel.prosody.toml")
-        return replace(settings, xmpp=replace(settings.xmpp, **xmpp)) if xmpp else settings
+        if trust_ca_file:
+            return settings
+        return replace(settings, xmpp=replace(settings.xmpp, ca_file=None))
 
 
 @pytest.fixture(scope="module")
@@ -375,7 +377,9 @@ def local_prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPro
 async def test_prosody_config_serves_backchannel_over_tls(local_prosody: LocalProsody) -> None:
     settings = local_prosody.settings()
     async with XmppConnection(settings.xmpp, settings.account("admin"), resource="boot") as c:
-        assert c.client.transport.get_extra_info("ssl_object") is not None  # TLS, not plain
+        transport = c.client.transport
+        assert transport is not None
+        assert transport.get_extra_info("ssl_object") is not None  # TLS, not plain
         reports = await bootstrap(PubSub(c, settings.xmpp.pubsub_service), settings)
     assert [r.node for r in reports] == list(settings.nodes.all())
     assert [r.lines() for r in reports if r.action == "failed"] == []
@@ -387,7 +391,7 @@ async def test_prosody_config_serves_backchannel_over_tls(local_prosody: LocalPr
 @needs_prosody
 async def test_without_ca_file_the_self_signed_server_is_refused(
         local_prosody: LocalProsody) -> None:
-    settings = local_prosody.settings(ca_file=None)
+    settings = local_prosody.settings(trust_ca_file=False)
     conn = XmppConnection(settings.xmpp, settings.account("worker"), resource="untrusted")
     try:
         with pytest.raises(XmppError):
