@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what backchannel needs on a Debian/Ubuntu machine, idempotently:
-#   - system packages: prosody + lua-dbi-sqlite3 (the managed XMPP server), ejabberd (the
-#     compatibility suite), chromium (the dashboard browser test);
+#   - system packages: prosody + lua-dbi-sqlite3 (the managed XMPP server); for the tests
+#     also ejabberd (compatibility suite), chromium (dashboard browser test) and
+#     docker-compose (validates the compose files offline);
 #   - a virtualenv in .venv with backchannel and its dev tools.
 # Re-running it is cheap: it skips what is already there.
 set -euo pipefail
@@ -12,7 +13,7 @@ for pkg in prosody lua-dbi-sqlite3 ${BACKCHANNEL_EXTRA_APT:-}; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ "${BACKCHANNEL_WITH_TEST_TOOLS:-0}" = 1 ]; then
-  for pkg in ejabberd chromium; do
+  for pkg in ejabberd chromium docker-compose; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
   done
 fi
