@@ -92,7 +92,9 @@ async def test_a_burst_of_1000_signups_in_10_s_gives_at_most_10_messages(
         messages = op.from_(op.bot_jid, since)
         assert len(messages) <= 10, [m.body[:60] for m in messages]
         assert sum(signups_in(m.body) for m in messages) == 1000
-        assert messages[0].body.startswith("New signup: P0-0 (Lyon, FR)")
+        # The first of the burst goes out at once: alone, or with the few that arrived in
+        # the same instant (the publisher sends 50 at a time).
+        assert re.match(r"(New signup|\d+ new signups): P0-0 \(Lyon, FR\)", messages[0].body)
         assert re.search(r"new signups: .+, .+, .+ … and \d+ more$", messages[1].body)
         assert w.bot.relays.duplicates == 0
 
