@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: installs what it needs, runs lint, types and every test against a real
-# Prosody, then the XMPP integration tests against ejabberd.
-# Extra arguments go to the Prosody pytest run (e.g. -k pipeline, -x).
+# Prosody, then the same suite against ejabberd.
+# Extra arguments go to both pytest runs (e.g. -k pipeline, -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BACKCHANNEL_WITH_TEST_TOOLS=1 ./scripts/bootstrap.sh
@@ -13,7 +13,6 @@ echo "== mypy --strict" >&2
 echo "== pytest (Prosody)" >&2
 .venv/bin/pytest -q "$@"
 if command -v ejabberdctl >/dev/null; then
-  echo "== pytest integration (ejabberd)" >&2
-  .venv/bin/pytest -q --xmpp-server=ejabberd tests/test_backbone_integration.py \
-    tests/test_worker_pipeline.py
+  echo "== pytest (ejabberd)" >&2
+  .venv/bin/pytest -q --xmpp-server=ejabberd "$@"
 fi
