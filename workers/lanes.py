@@ -129,10 +129,10 @@ class Lane:
     async def _execute(self, key: TaskKey, allowed: bool) -> None:
         event_id, task_name = key
         try:
-            rows = [r for r in self.store.tasks(event_id) if r.task == task_name]
-            if not rows or rows[0].state != "pending":
+            current = self.store.task_state(event_id, task_name)
+            if current is None or current[0] != "pending":
                 return
-            attempt = rows[0].attempts + 1
+            attempt = current[1] + 1
             event = self.load_event(event_id)
             started, t0 = time.time(), time.monotonic()
             result: Mapping[str, Any] | None = None

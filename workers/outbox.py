@@ -35,6 +35,10 @@ class Outbox:
         self.metrics = metrics
         self.window = window
         self.in_flight: dict[int, asyncio.Task[None]] = {}
+        # Published but not yet deleted from the store: deleted in one transaction per
+        # round, not one per item. After a crash they are published again, harmlessly
+        # (same item ids).
+        self._done: list[int] = []
         self.published = 0
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
@@ -50,7 +54,7 @@ class Outbox:
         """Wait until the outbox is empty (True) or ``timeout`` passes (False)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.store.outbox_size() or self.in_flight:
+        while self.store.outbox_size() - len(self._done) > 0 or self.in_flight:
             if loop.time() > deadline:
                 return False
             self.wake()
@@ -67,6 +71,7 @@ class Outbox:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._forget_done()
 
     async def _feed(self) -> None:
         while True:
@@ -75,6 +80,7 @@ class Outbox:
             if not self.conn.ready.is_set():
                 await self.conn.ready.wait()
                 continue
+            self._forget_done()
             loop = asyncio.get_running_loop()
             if loop.time() < self._retry_at:
                 timeout = self._retry_at - loop.time()
@@ -83,10 +89,17 @@ class Outbox:
                 if free > 0:
                     after = max(self.in_flight) if self.in_flight else 0
                     for seq, node, item_id, doc in self.store.outbox(free, after):
+                        if seq in self.in_flight:
+                            continue
                         self.in_flight[seq] = asyncio.create_task(
                             self._publish(seq, node, item_id, doc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _forget_done(self) -> None:
+        if self._done:
+            done, self._done = self._done, []
+            self.store.outbox_done(done)
 
     async def _publish(self, seq: int, node: str, item_id: str, doc: str) -> None:
         try:
@@ -103,7 +116,7 @@ class Outbox:
                 log.info("publish of %s to %s postponed: %s", item_id, node, exc)
                 self._retry_at = asyncio.get_running_loop().time() + 0.5
                 return
-            self.store.outbox_done(seq)
+            self._done.append(seq)
             self.published += 1
             self.metrics.inc("backchannel_published_total", {"node": node})
         finally:

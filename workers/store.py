@@ -307,6 +307,12 @@ class Store:
             db.execute("UPDATE tasks SET next_at = ? WHERE event_id = ? AND task = ? "
                        "AND state = 'pending'", (next_at, event_id, task))
 
+    def task_state(self, event_id: str, task: str) -> tuple[str, int] | None:
+        """(state, attempts) of one task."""
+        rows = self.q("SELECT state, attempts FROM tasks WHERE event_id = ? AND task = ?",
+                      (event_id, task))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def reset_tasks(self, event_id: str, only_dead: bool) -> int:
         now = time.time()
         with self.tx() as db:
@@ -341,9 +347,9 @@ class Store:
             "SELECT seq, node, item_id, doc FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit))]
 
-    def outbox_done(self, seq: int) -> None:
+    def outbox_done(self, seqs: Sequence[int]) -> None:
         with self.tx() as db:
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     def outbox_size(self) -> int:
         return int(self.q("SELECT COUNT(*) FROM outbox")[0][0])

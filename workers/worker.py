@@ -32,7 +32,7 @@ from workers.analyzer import Analyzer
 from workers.lanes import Lane, event_from_doc
 from workers.outbox import Outbox, encode
 from workers.responder import Responder
-from workers.store import Store
+from workers.store import Store, TaskRow
 from workers.tasks.base import TaskEnv, build_tasks
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ class Worker:
     def _task_done(self, event_id: str) -> None:
         tasks = self.store.tasks(event_id)
         if all(t.state != "pending" for t in tasks):
-            self._finalize(event_id)
+            self._finalize(event_id, tasks)
 
-    def _finalize(self, event_id: str) -> None:
+    def _finalize(self, event_id: str, tasks: list[TaskRow] | None = None) -> None:
         row = self.store.event(event_id)
         if row is None or row.state != "pending":
             return
@@ -176,7 +176,8 @@ class Worker:
         if event is None:
             return
         self._events_cache.pop(event_id, None)
-        tasks = self.store.tasks(event_id)
+        if tasks is None:
+            tasks = self.store.tasks(event_id)
         now = time.time()
         ok = all(t.state == "ok" for t in tasks)
         status = "done" if ok else "failed"
