@@ -65,6 +65,18 @@ class BotState:
             raise StoreError(f"bot state {self.path}: {exc}") from exc
 
     # -- audit ---------------------------------------------------------------------------
+    def record_many(self, records: list[AuditRecord]) -> None:
+        """Several audit rows in one transaction."""
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO audit (at, who, where_, room, command, args, outcome, detail,"
+                    " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r.at.isoformat(), r.who, r.where, r.room, r.command, r.args, r.outcome,
+                      r.detail, r.duration_ms) for r in records])
+        except sqlite3.Error as exc:
+            raise StoreError(f"bot state {self.path}: {exc}") from exc
+
     def record(self, r: AuditRecord) -> None:
         self._exec(
             "INSERT INTO audit (at, who, where_, room, command, args, outcome, detail,"

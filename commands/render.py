@@ -57,6 +57,8 @@ def pre(text: str) -> str:
 
 def width(text: str) -> int:
     """Columns ``text`` takes in a monospace font (wide characters 2, combining 0)."""
+    if text.isascii():  # the common case, without a Unicode lookup per character
+        return len(text)
     total = 0
     for ch in text:
         if unicodedata.combining(ch):

@@ -70,8 +70,13 @@ class XmppConnection:
             c.enable_starttls = not settings.direct_tls
             if settings.ca_file:
                 c.ca_certs = Path(settings.ca_file)
-        for name in ("xep_0030", "xep_0004", "xep_0060", "xep_0198", "xep_0199", *plugins):
+        # No xep_0060: our PubSub requests are raw XML (pubsub/client.py), and its event
+        # handlers would be matched against every incoming stanza for nothing.
+        for name in ("xep_0030", "xep_0199", *plugins):
             c.register_plugin(name)
+        # Stream management: ask the server to acknowledge every 20 stanzas rather than
+        # every 5 (slixmpp's default); unacknowledged stanzas are kept for resumption.
+        c.register_plugin("xep_0198", pconfig={"window": 20})
         if settings.loopback_plaintext:
             c.plugin["feature_mechanisms"].unencrypted_plain = True
         c.plugin["xep_0199"].enable_keepalive(interval=settings.keepalive_interval, timeout=30)

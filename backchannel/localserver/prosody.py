@@ -50,6 +50,9 @@ authentication = "internal_plain"
 storage = "sql"
 sql = {{ driver = "SQLite3", database = "prosody.sqlite" }}
 smacks_hibernation_time = 120
+-- Small stanzas, request/response traffic: without this, Nagle's algorithm and delayed
+-- ACKs hold some replies ~40 ms (seen as the p99 of every round trip on loopback).
+network_settings = {{ nagle = false }}
 
 VirtualHost "{domain}"
 
