@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backchannel import __version__, config
-from backchannel.errors import BackchannelError, ConfigError, EventError, ServerError
+from backchannel.errors import (
+    BackchannelError,
+    ConfigError,
+    EventError,
+    ServerError,
+    UsageExit,
+)
 
 log = logging.getLogger("backchannel")
 
@@ -47,10 +53,6 @@ examples:
 
 Bad input exits with status 2, a failure of the system with 1.
 Run `backchannel COMMAND --help` for the options of a command."""
-
-
-class UsageExit(Exception):
-    """Bad command-line input: exit 2 with one line."""
 
 
 class Parser(argparse.ArgumentParser):

@@ -23,6 +23,9 @@ def add_extra_commands(sub: Any) -> None:
     p.add_argument("--chaos", metavar="FILE",
                    help="use fake outside services misbehaving as this chaos profile says "
                         "(see simulator/chaos.example.toml)")
+    from simulator.cli import add_parser as add_simulate
+
+    add_simulate(sub)
     p = sub.add_parser("bench", help="run the benchmark suite and print one table")
     p.add_argument("--only", metavar="NAMES", help="comma-separated subset of: pubsub_ceiling,"
                    " pipeline, ingest, bot, backlog, memory")
@@ -42,6 +45,11 @@ class _Extra:
             from backchannel.demo import cmd_demo
 
             handler: Callable[[argparse.Namespace], int] = cmd_demo
+            return handler
+        if name == "simulate":
+            from simulator.cli import cmd_simulate
+
+            handler = cmd_simulate
             return handler
         if name == "bench":
             from benchmarks.run import main as cmd_bench

@@ -21,7 +21,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from backchannel.errors import BackchannelError, ConfigError, XmppRefused, XmppTimeout
+from backchannel.errors import (
+    BackchannelError,
+    ConfigError,
+    UsageExit,
+    XmppRefused,
+    XmppTimeout,
+)
 from bot.adhoc_client import LINE_NODE, AdhocClient, Reply, bot_full_jid
 
 log = logging.getLogger(__name__)
@@ -38,10 +44,6 @@ running bot over XMPP, as the `operator` account. `backchannel help` lists the c
 PLAIN = re.compile(r"^[^\s\"'\\“‘„«]+$")  # noqa: RUF001 - the quotes the parser knows
 OFFLINE = {"service-unavailable", "recipient-unavailable", "item-not-found",
            "remote-server-not-found"}
-
-
-class UsageExit(Exception):
-    pass
 
 
 @dataclass

@@ -25,10 +25,10 @@ from typing import Any
 
 from backchannel import config
 from backchannel.app import Runtime, start_components
-from backchannel.errors import BackchannelError, ConfigError
+from backchannel.errors import BackchannelError, ConfigError, UsageExit
 from backchannel.localserver import managed_server
 from simulator.demosite import DemoSite
-from simulator.sites import SimPlan, Simulator
+from simulator.sites import SimPlan, Simulator, SiteIdentity
 from simulator.stack import (
     SITE_NAME,
     SITE_SECRET,
@@ -54,8 +54,6 @@ def _port_free(port: int) -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.events <= 0 or args.rate <= 0:
-        from backchannel.cli import UsageExit
-
         raise UsageExit("backchannel demo: --events and --rate must be positive")
     if args.port and not _port_free(args.port):
         raise ConfigError(f"port {args.port} is in use; pick another with --port")
@@ -108,9 +106,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             await start_components(runtime, stack, COMPONENTS)
             gateway_url = runtime.gateway.url
             rate = max(args.rate, 25.0) if args.check else args.rate
-            sim = Simulator(settings, SimPlan(rate=rate, count=args.events if args.check
-                                              else 0, transport="both", seed=int(time.time())),
-                            source=SITE_SOURCE, site_name=SITE_NAME, site_secret=SITE_SECRET,
+            plan = SimPlan(rate=rate, count=args.events if args.check else 0,
+                           transport="both", seed=int(time.time()))
+            sim = Simulator(settings, plan, [SiteIdentity(SITE_NAME, SITE_SOURCE, SITE_SECRET)],
                             gateway_url=gateway_url)
             if args.check:
                 return await check(runtime, site, sim, args.events, time.monotonic() - t0)

@@ -21,6 +21,7 @@ the commands and the gateway never import a third-party exception type::
     ├── CallbackError               calling a site back failed
     │   └── CallbackRefused         the destination is not allowed (SSRF guard, 410)
     ├── StoreError                  the local state store
+    ├── UsageExit                   bad command-line input (the CLI exits 2 with one line)
     └── CommandError                an operator command failed; its text goes to the user
         ├── UsageError              bad arguments (text is a usage line)
         └── PermissionDenied        the caller's role may not run this
@@ -123,6 +124,10 @@ class CallbackRefused(CallbackError):
 
 class StoreError(BackchannelError):
     """The local state store failed."""
+
+
+class UsageExit(BackchannelError):
+    """Bad command-line input: the CLI prints this one line and exits with status 2."""
 
 
 class CommandError(BackchannelError):

@@ -41,11 +41,19 @@ class SimStats:
 
 
 @dataclass(frozen=True)
+class SiteIdentity:
+    """A registered site the simulator acts as: name, ``source`` and ingest secret."""
+
+    name: str
+    source: str
+    secret: str
+
+
+@dataclass(frozen=True)
 class SimPlan:
     rate: float = 2.0  # events per second, all sites together
     duration: float = 0.0  # seconds; 0 = until stopped or ``count`` reached
     count: int = 0  # events; 0 = unlimited
-    sites: int = 3  # fake sites sharing the registered site identity
     transport: str = "both"  # xmpp | http | both
     bursty: bool = False  # bursts of 10x the rate for 2 s every 15 s
     kinds: tuple[tuple[str, float], ...] = KINDS
@@ -55,13 +63,13 @@ class SimPlan:
 class Simulator:
     """Publishes events as planned; ``stats`` counts what was accepted."""
 
-    def __init__(self, settings: Settings, plan: SimPlan, *, source: str, site_name: str,
-                 site_secret: str, gateway_url: str | None = None) -> None:
+    def __init__(self, settings: Settings, plan: SimPlan, sites: list[SiteIdentity], *,
+                 gateway_url: str | None = None) -> None:
+        if not sites:
+            raise ValueError("the simulator needs at least one site to act as")
         self.settings = settings
         self.plan = plan
-        self.source = source
-        self.site_name = site_name
-        self.site_secret = site_secret
+        self.sites = sites
         self.gateway_url = gateway_url
         self.rng = random.Random(plan.seed)  # noqa: S311 - simulation, not crypto
         self.stats = SimStats()
@@ -85,7 +93,8 @@ class Simulator:
             if len(self.users) > 5000:
                 self.users.pop(0)
         data = fake_event_data(kind, self.rng, user)
-        return make_event(kind, self.source, data)
+        site = self.sites[int(str(user["user_id"])) % len(self.sites)]
+        return make_event(kind, site.source, data)
 
     def _interval(self, elapsed: float) -> float:
         rate = self.plan.rate
@@ -162,9 +171,10 @@ class Simulator:
     async def _send_http(self, http: aiohttp.ClientSession, event: Event) -> None:
         from gateway.auth import signed_headers
 
+        site = next(s for s in self.sites if s.source == event.source)
         body = json.dumps(event.to_dict()).encode()
         headers = {"Content-Type": "application/json",
-                   **signed_headers(self.site_name, self.site_secret, body)}
+                   **signed_headers(site.name, site.secret, body)}
         try:
             async with http.post(f"{self.gateway_url}/v1/events", data=body,
                                  headers=headers) as resp:
