@@ -33,6 +33,7 @@ from backchannel.errors import EventError, PermanentTaskError, TemporaryTaskErro
 from backchannel.metrics import Metrics
 from pubsub.envelope import Event, validate
 from workers.breaker import CircuitBreaker
+from workers.shutdown import stop_feeding
 from workers.store import Store
 from workers.tasks.base import Task
 
@@ -85,18 +86,7 @@ class Lane:
         A cancelled call is simply not recorded: its task is still pending in the store
         and runs again after the restart.
         """
-        if self._feeder is not None:
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
-        running = list(self.in_flight.values())
-        if running:
-            _, still = await asyncio.wait(running, timeout=grace)
-            for t in still:
-                t.cancel()
-            for t in still:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+        await stop_feeding(self._feeder, self.in_flight.values(), grace)
         await self.task.aclose()
 
     # ------------------------------------------------------------------ feeding

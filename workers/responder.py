@@ -22,6 +22,7 @@ from backchannel.config import Settings
 from backchannel.errors import CallbackError, CallbackRefused
 from backchannel.metrics import Metrics
 from workers.callbacks.client import CallbackClient, next_delay
+from workers.shutdown import stop_feeding
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,7 @@ class Responder:
         self._wake.set()
 
     async def close(self, grace: float = 5.0) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        running = list(self.in_flight.values())
-        if running:
-            _, still = await asyncio.wait(running, timeout=grace)
-            for t in still:
-                t.cancel()
-            for t in still:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+        await stop_feeding(self._loop, self.in_flight.values(), grace)
         await self.client.close()
 
     async def _feed(self) -> None:
