@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import difflib
 import json
+import secrets
 import logging
 import os
 import sys
@@ -203,8 +204,14 @@ def cmd_server(args: argparse.Namespace) -> int:
         state = server.start()
         cfg = Path(args.dir) / "backchannel.toml"
         if not cfg.exists():
+            site = (
+                "\n# An example site, so `backchannel publish --source https://shop.example.com`"
+                "\n# works at once. Add a [sites.callback] to have results called back.\n"
+                "[[sites]]\nname = \"shop\"\nsource = \"https://shop.example.com\"\n"
+                f"secret = \"{secrets.token_urlsafe(24)}\"\n"
+                f"xmpp_publishers = [\"{state.jid('site')}\"]\n")
             cfg.write_text(config_toml(state, var_dir=str(Path(args.dir).parent),
-                                       gateway_port=args.gateway_port))
+                                       gateway_port=args.gateway_port, extra=site))
             cfg.chmod(0o600)
         print(f"{state.kind} running on 127.0.0.1:{state.c2s_port} (pid {state.pid}), "
               f"domain {state.domain}, http {state.http_port}")

@@ -354,6 +354,9 @@ async def test_server_start_status_adduser_stop(tmp_path: Path) -> None:
         checked = run("config", "check", "-c", str(folder / "backchannel.toml"), cwd=tmp_path)
         assert checked.returncode == 0, checked.stderr
         settings = config.load(folder / "backchannel.toml")
+        # The README's `publish --source https://shop.example.com` works at once.
+        shop = settings.site_by_source("https://shop.example.com")
+        assert shop is not None and shop.secret and shop.secret.reveal() not in checked.stdout
 
         status = run("server", "status", "--dir", str(folder), cwd=tmp_path)
         assert status.returncode == 0 and status.stdout.startswith("prosody running: 127.0.0.1:")
