@@ -6,6 +6,7 @@ receives callbacks is the simulator's demo site, and the XMPP server is the mana
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -152,4 +153,35 @@ async def test_malformed_and_unknown_events_become_dead_letters(
         assert "not a registered site" in reasons[stranger.id]
         assert "no route for event type 'order.shipped'" in reasons[unknown.id]
         assert conn.ready.is_set()
+        await stop_worker(conn, worker)
+
+
+async def test_xmpp_server_restart_mid_stream_loses_nothing(
+    server_state: ServerState, bootstrapped: Any, managed: Any, tmp_path: Path
+) -> None:
+    """The server goes away with work in flight and comes back: every event completes."""
+    from backchannel.errors import NotConnected, XmppTimeout
+
+    async with Pipeline(server_state, tmp_path, geocoder="offline") as p:
+        conn, worker = await start_worker(p)
+        before = p.registrations(150, list(FIXED), prefix="pre")
+        await p.publish_many(before)
+        # Restart while the worker is still busy with (some of) them.
+        await asyncio.to_thread(managed.stop)
+        await asyncio.to_thread(managed.start)
+        after = p.registrations(150, list(FIXED), prefix="post")
+        for event in after:
+            for _ in range(100):  # the site retries until its connection is back
+                try:
+                    await p.publisher.publish(p.settings.nodes.events, event, wait_connected=10)
+                    break
+                except (NotConnected, XmppTimeout):
+                    await asyncio.sleep(0.1)
+        await wait_until(lambda: finished(worker) == 300, 120, "all 300 events after restart")
+        await p.site.wait_for(300, timeout=90)
+        assert await worker.outbox.flush(60)
+        assert worker.store.counts() == {"done": 300}
+        assert conn.drops >= 1 and conn.ready.is_set()
+        results = await worker.pubsub.items(p.settings.nodes.results, max_items=1000)
+        assert {i.id for i in results} == {e.id for e in before + after}
         await stop_worker(conn, worker)
