@@ -185,3 +185,36 @@ async def test_xmpp_server_restart_mid_stream_loses_nothing(
         results = await worker.pubsub.items(p.settings.nodes.results, max_items=1000)
         assert {i.id for i in results} == {e.id for e in before + after}
         await stop_worker(conn, worker)
+
+
+async def test_dead_letters_retried_after_the_service_recovers_and_replay(
+    server_state: ServerState, bootstrapped: Any, tmp_path: Path
+) -> None:
+    import time
+
+    async with Pipeline(server_state, tmp_path, max_attempts=2) as p:
+        p.services.lists.control.set(Chaos(down=True))
+        conn, worker = await start_worker(p)
+        events = p.registrations(20, list(FIXED), prefix="dl")
+        await p.publish_many(events)
+        await wait_until(lambda: worker.store.counts().get("failed", 0) == 20, 60,
+                         "20 dead-lettered events")
+        assert len(worker.store.deadletters()) == 20
+        # The mailing list comes back; an operator retries everything.
+        p.services.lists.control.set(Chaos())
+        calls_before = p.services.crm.stats.calls
+        assert worker.retry_all_deadletters() == 20
+        await wait_until(lambda: worker.store.counts() == {"done": 20}, 60, "retried events")
+        assert worker.store.deadletters() == []
+        assert len(worker.store.deadletters(state="retried")) == 20
+        # Only the dead task ran again: the CRM was not called for the retried events.
+        assert p.services.crm.stats.calls == calls_before
+        assert worker.retry_all_deadletters() == 0  # nothing left to retry
+        # Replay runs every task of the events received since a time, once more.
+        assert worker.replay(time.time() - 3600, "user.*") == 20
+        await wait_until(lambda: worker.store.counts() == {"done": 20}
+                         and p.services.crm.stats.calls >= calls_before + 20, 60,
+                         "replayed events")
+        ok_crm = [t for e in events for t in worker.store.tasks(e.id) if t.task == "crm"]
+        assert all(t.state == "ok" for t in ok_crm)
+        await stop_worker(conn, worker)

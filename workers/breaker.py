@@ -59,6 +59,10 @@ class CircuitBreaker:
         """Opened three times in a row (failed probes): the service is down, not flaky."""
         return self.consecutive_opens >= 3
 
+    def clear(self) -> None:
+        """Forget the past: an operator says the service is back (retry, resume)."""
+        self.success()
+
     def success(self) -> None:
         self.consecutive_opens = 0
         self.failures = 0

@@ -19,7 +19,6 @@ schedule instead of forgetting it as an in-memory retry loop (tenacity, stamina)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -33,7 +32,7 @@ from backchannel.errors import EventError, PermanentTaskError, TemporaryTaskErro
 from backchannel.metrics import Metrics
 from pubsub.envelope import Event, validate
 from workers.breaker import CircuitBreaker
-from workers.shutdown import stop_feeding
+from workers.feeding import stop_feeding, wait_woken
 from workers.store import Store
 from workers.tasks.base import Task
 
@@ -94,8 +93,7 @@ class Lane:
         while True:
             self._wake.clear()
             timeout = self._dispatch()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_woken(self._wake, timeout)
 
     def _dispatch(self) -> float | None:
         """Start what is due; return how long to sleep (None: until woken)."""
@@ -144,8 +142,8 @@ class Lane:
                     if self.limiter is not None:
                         await self.limiter.acquire()
                     self.calls += 1
-                    result = await asyncio.wait_for(self.task.run(event),
-                                                    self.settings.timeout)
+                    async with asyncio.timeout(self.settings.timeout):
+                        result = await self.task.run(event)
                     self.breaker.success()
                 except TemporaryTaskError as exc:
                     error, retry_after = str(exc), exc.retry_after

@@ -21,6 +21,7 @@ from backchannel.metrics import Metrics
 from pubsub.client import PubSub
 from pubsub.connection import XmppConnection
 from pubsub.envelope import JSON_NS
+from workers.feeding import wait_woken
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ class Outbox:
                             continue
                         self.in_flight[seq] = asyncio.create_task(
                             self._publish(seq, node, item_id, doc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_woken(self._wake, timeout)
 
     def _forget_done(self) -> None:
         if self._done:

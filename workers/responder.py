@@ -12,7 +12,6 @@ result once although delivery is at-least-once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from backchannel.config import Settings
 from backchannel.errors import CallbackError, CallbackRefused
 from backchannel.metrics import Metrics
 from workers.callbacks.client import CallbackClient, next_delay
-from workers.shutdown import stop_feeding
+from workers.feeding import stop_feeding, wait_woken
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,7 @@ class Responder:
                 if len(due) < free:
                     nxt = self.store.next_callback_due()
                     timeout = None if nxt is None else max(0.01, nxt - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_woken(self._wake, timeout)
 
     async def _deliver(self, event_id: str) -> None:
         try:

@@ -251,8 +251,14 @@ class Worker:
         if dl is None or dl.state != "active":
             return False
         if dl.kind == "task":
+            dead = [t.task for t in self.store.tasks(dl.event_id) if t.state == "dead"]
             if not self.store.reset_tasks(dl.event_id, only_dead=True):
                 return False
+            for name in dead:
+                if name in self.lanes:
+                    # A retry says "the service is back": give it real calls at once
+                    # rather than failing fast on what the breaker remembers.
+                    self.lanes[name].breaker.clear()
             for lane in self.lanes.values():
                 lane.wake()
         elif dl.kind == "callback":
@@ -296,6 +302,8 @@ class Worker:
             self.responder.wake()
         elif service in self.lanes:
             self.lanes[service].paused = paused
+            if not paused:
+                self.lanes[service].breaker.clear()
             self.lanes[service].wake()
         else:
             raise KeyError(service)

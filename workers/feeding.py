@@ -1,10 +1,24 @@
-"""Graceful stop of a feeder loop and the calls it started, shared by lanes and responder."""
+"""Feeder loops (lanes, responder, outbox): waiting to be woken, and stopping gracefully.
+
+Why a helper: ``asyncio.wait_for`` on Python 3.11 can swallow a cancellation that arrives
+while the awaited event is being set, and a feeder that swallows its cancellation never
+stops (seen: a worker shutdown hung). ``asyncio.timeout`` does not have that race.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Iterable
+
+
+async def wait_woken(wake: asyncio.Event, timeout: float | None) -> None:
+    """Wait until ``wake`` is set or ``timeout`` seconds pass (None: no limit)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await wake.wait()
+    except TimeoutError:
+        pass
 
 
 async def stop_feeding(feeder: asyncio.Task[None] | None, running: Iterable[asyncio.Task[None]],
