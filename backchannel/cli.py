@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import difflib
 import json
-import secrets
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
