@@ -83,6 +83,7 @@ class Consumer:
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._drain: asyncio.Task[None] | None = None
         self._started = False
+        self._full_next = False  # set while a catch-up has not completed
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -131,19 +132,38 @@ class Consumer:
             )
 
     async def _on_session(self, resumed: bool) -> None:
+        """Subscribe and catch up; retried while this session lasts, because a session
+        whose catch-up failed would otherwise wait for the next reconnect."""
         jid = self.conn.jid if self.subscribe_full_jid else self.conn.bare_jid
-        if not resumed:
-            await self.pubsub.subscribe(self.node, jid)
-        await self.catch_up()
+        for attempt in range(6):
+            try:
+                if not resumed:
+                    await self.pubsub.subscribe(self.node, jid)
+                await self.catch_up()
+                return
+            except NotConnected:
+                return  # the next session runs this again
+            except XmppError as exc:
+                log.warning("catch-up on %s failed (%s); retrying", self.node, exc)
+                await asyncio.sleep(0.25 * 2**attempt)
+        log.error("catch-up on %s kept failing; it runs again at the next reconnect",
+                  self.node)
 
     async def catch_up(self) -> int:
         """Queue retained items we have not handed over; returns how many were queued."""
         self.stats.catchups += 1
-        window = FIRST_WINDOW
+        # After a failed catch-up, read everything: a window could stop at items that
+        # arrived live since, above older ones nobody has taken in yet.
+        window = self.max_window if self._full_next else FIRST_WINDOW
+        self._full_next = True
         while True:
             items = await self.pubsub.items(self.node, max_items=window)
             known = [i for i in items if i.id and self.store.seen(self.node, i.id)]
-            if known or len(items) < window or window >= self.max_window:
+            # Widen until the oldest item of the window is one we have: everything the
+            # window holds after it is then in view.
+            oldest_known = bool(items) and bool(items[0].id) and \
+                self.store.seen(self.node, items[0].id)
+            if oldest_known or len(items) < window or window >= self.max_window:
                 break
             window = min(window * 4, self.max_window)
         checkpoint = self.store.checkpoint(self.node)
@@ -160,6 +180,7 @@ class Consumer:
         for item in fresh:
             self._queue.put_nowait(item)
         self.stats.caught_up += len(fresh)
+        self._full_next = False
         if fresh:
             log.info("catch-up on %s: %d retained items not seen before", self.node, len(fresh))
         self.caught_up.set()

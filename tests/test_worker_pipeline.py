@@ -177,7 +177,16 @@ async def test_xmpp_server_restart_mid_stream_loses_nothing(
                     break
                 except (NotConnected, XmppTimeout):
                     await asyncio.sleep(0.1)
-        await wait_until(lambda: finished(worker) == 300, 120, "all 300 events after restart")
+        try:
+            await wait_until(lambda: finished(worker) == 300, 120,
+                             "all 300 events after restart")
+        except AssertionError as exc:  # say where the missing events are stuck
+            ids = [e.id for e in before + after]
+            unknown = [i for i in ids if worker.store.event(i) is None]
+            raise AssertionError(
+                f"{exc}: states {worker.store.counts()}, {len(unknown)} never taken in, "
+                f"consumer {worker.consumer.stats}, outbox {worker.store.outbox_size()}, "
+                f"worker sessions {conn.sessions}") from None
         await p.site.wait_for(300, timeout=90)
         assert await worker.outbox.flush(60)
         assert worker.store.counts() == {"done": 300}
