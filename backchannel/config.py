@@ -179,6 +179,7 @@ class WorkerSettings:
     feed_personal_data: bool = False
     callback_concurrency: int = 16
     callback_time_scale: float = 1.0  # < 1 compresses the callback retry schedule (tests, demo)
+    retention_days: float = 7.0  # finished events (and their traces) kept this long; 0 = forever
     routes: tuple[Route, ...] = (
         Route("user.registered", ("geocode", "crm", "mailing_list")),
         Route("user.profile_changed", ("geocode", "crm")),
@@ -626,6 +627,8 @@ class _Parser:
                                                d.callback_concurrency),
             callback_time_scale=self.positive(raw, "callback_time_scale", p, float,
                                               d.callback_time_scale),
+            retention_days=self.non_negative(raw, "retention_days", p, float,
+                                             d.retention_days),
             routes=routes,
         )
 

@@ -452,6 +452,34 @@ class Store:
         return {k: json.loads(d) for k, d in self.q(
             "SELECT key, data FROM records WHERE service = ?", (service,))}
 
+    # ------------------------------------------------------------------ retention
+    def prune(self, before: float, batch: int = 5000) -> int:
+        """Delete events finished before ``before`` with their tasks, attempts and
+        callbacks, ``batch`` events per transaction; events with an open dead letter stay.
+        Returns how many events went."""
+        removed = 0
+        while True:
+            with self.tx() as db:
+                ids = [r[0] for r in db.execute(
+                    "SELECT id FROM events WHERE finished_at IS NOT NULL AND finished_at < ? "
+                    "AND state != 'pending' AND NOT EXISTS (SELECT 1 FROM deadletters d "
+                    "WHERE d.event_id = events.id AND d.state = 'active') LIMIT ?",
+                    (before, batch)).fetchall()]
+                if not ids:
+                    break
+                marks = ",".join("?" * len(ids))
+                for table, column in (("tasks", "event_id"), ("attempts", "event_id"),
+                                      ("callbacks", "event_id"), ("events", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})",  # noqa: S608
+                               ids)
+                db.execute("DELETE FROM deadletters WHERE state != 'active' AND at < ?",
+                           (before,))
+                db.execute("DELETE FROM cache WHERE expires_at < ?", (time.time(),))
+            removed += len(ids)
+            if len(ids) < batch:
+                break
+        return removed
+
     # ------------------------------------------------------------------ pause
     def paused(self) -> set[str]:
         return {r[0] for r in self.q("SELECT service FROM paused")}

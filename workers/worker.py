@@ -11,6 +11,7 @@ the consumer's catch-up brings in events published while it was away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from pubsub.envelope import Event
 from pubsub.seen import SeenStore
 from workers import outputs
 from workers.analyzer import Analyzer
+from workers.feeding import stop_feeding
 from workers.lanes import Lane, event_from_doc
 from workers.outbox import Outbox, encode
 from workers.responder import Responder
@@ -61,6 +63,7 @@ class Worker:
         self.started_at = time.time()
         self._http: aiohttp.ClientSession | None = None
         self._events_cache: OrderedDict[str, Event] = OrderedDict()
+        self._janitor: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -85,6 +88,8 @@ class Worker:
         for lane in self.lanes.values():
             lane.start()
         self.outbox.start()
+        if self.settings.worker.retention_days > 0:
+            self._janitor = asyncio.create_task(self._prune_loop(), name="worker:retention")
         await self.responder.start()
         await self.consumer.start()
         log.info("worker started: tasks %s, %d events pending, %d outbox items",
@@ -93,6 +98,7 @@ class Worker:
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop taking work, let in-flight calls finish (bounded), flush the outbox."""
+        await stop_feeding(self._janitor, (), 0)
         await self.consumer.close()
         for lane in self.lanes.values():
             await lane.close(grace)
@@ -102,6 +108,16 @@ class Worker:
             await self._http.close()
         self.store.close()
         self.seen.close()
+
+    async def _prune_loop(self) -> None:
+        """Keep the store bounded: finished events older than the retention go, hourly."""
+        while True:
+            before = time.time() - self.settings.worker.retention_days * 86400
+            removed = self.store.prune(before)
+            if removed:
+                log.info("retention: removed %d finished events older than %.1f days",
+                         removed, self.settings.worker.retention_days)
+            await asyncio.sleep(3600)
 
     def _recover(self) -> None:
         """Finish what a crash interrupted between 'all tasks ended' and 'finalized'."""
