@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -28,6 +29,9 @@ _n = itertools.count()
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
+
+# A feed relay message (bot/relay.py), as opposed to the answer to a command.
+RELAY = re.compile(r"(New signup: |\d+ new signups: |`[a-z0-9_-]+`: )")
 
 @dataclass
 class Said:
@@ -54,15 +58,19 @@ class Chatter:
                                (body.text or "") if body is not None else "", time.monotonic()))
         self._arrived.set()
 
-    def from_(self, sender_prefix: str, since: int = 0, to_nick: str = "") -> list[Said]:
-        """Messages from ``sender_prefix`` since index ``since`` (in a room: to ``to_nick``)."""
+    def from_(self, sender_prefix: str, since: int = 0, to_nick: str = "",
+              replies_only: bool = False) -> list[Said]:
+        """Messages from ``sender_prefix`` since index ``since`` (in a room: to ``to_nick``;
+        ``replies_only``: leave out feed relay messages, which may arrive at any time)."""
         return [m for m in self.inbox[since:] if m.sender.startswith(sender_prefix)
-                and (not to_nick or m.body.startswith(f"{to_nick}:"))]
+                and (not to_nick or m.body.startswith(f"{to_nick}:"))
+                and not (replies_only and RELAY.match(m.body.removeprefix(f"{to_nick}: ")))]
 
     async def wait_for(self, sender_prefix: str, since: int, count: int = 1,
-                       timeout: float = 10.0, to_nick: str = "") -> list[Said]:
+                       timeout: float = 10.0, to_nick: str = "",
+                       replies_only: bool = False) -> list[Said]:
         deadline = time.monotonic() + timeout
-        while len(self.from_(sender_prefix, since, to_nick)) < count:
+        while len(self.from_(sender_prefix, since, to_nick, replies_only)) < count:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no answer from {sender_prefix} within {timeout} s; "
@@ -70,7 +78,7 @@ class Chatter:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
-        return self.from_(sender_prefix, since, to_nick)
+        return self.from_(sender_prefix, since, to_nick, replies_only)
 
     async def ask(self, line: str, *, to: str | None = None, kind: str = "chat",
                   timeout: float = 10.0, expect_from: str | None = None,
@@ -84,7 +92,7 @@ class Chatter:
         target = to or self.bot_jid
         self.conn.send_message(target, line, kind)
         got = await self.wait_for(expect_from or target, since, chunks, timeout=timeout,
-                                  to_nick=to_nick)
+                                  to_nick=to_nick, replies_only=True)
         return "\n".join(m.body for m in got)
 
     def join(self, room: str, nick: str) -> None:
