@@ -34,9 +34,6 @@ def add_extra_commands(sub: Any) -> None:
 
 
 class _Extra:
-    def __init__(self) -> None:
-        self._handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
-
     def reserved(self) -> set[str]:
         return {"demo", "simulate", "bench", "help", "--help", "-h"}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from pathlib import Path
 
 from backchannel.errors import StoreError
+from backchannel.sqlite import open_db
 from commands.model import AuditRecord
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,7 @@ class BotState:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the bot state {path}: {exc}") from exc
+        self._db = open_db(path, SCHEMA, "bot state")
 
     def close(self) -> None:
         self._db.close()

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -308,7 +307,3 @@ def refused(iq_xml: ET.Element) -> XmppRefused:
                 app = tag
     return XmppRefused(condition, text or app)
 
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The TLS context used for certificate checks (exposed for tests)."""
-    return ssl.create_default_context(cafile=ca_file)

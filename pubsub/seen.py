@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from backchannel.errors import StoreError
+from backchannel.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -33,15 +34,7 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 class SeenStore:
     def __init__(self, path: str | Path, *, keep: int = 200_000, durable: bool = False) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the consumer store {self.path}: {exc}") from exc
+        self.db = open_db(path, SCHEMA, "consumer store", durable=durable)
         self.keep = keep
         self._marks = 0
 

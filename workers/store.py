@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from backchannel.errors import StoreError
+from backchannel.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -161,16 +162,7 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the worker store {self.path}: {exc}") from exc
+        self.db = open_db(path, SCHEMA, "worker store")
 
     def close(self) -> None:
         self.db.close()
