@@ -41,7 +41,8 @@ async def logs_in(state: ServerState, name: str, password: str, tmp: Path) -> bo
     try:
         await conn.start(timeout=15)
         return True
-    except XmppError:
+    except XmppError as exc:
+        print(f"login as {name} failed: {exc}")  # shown with the failure report
         return False
     finally:
         await conn.close()

@@ -69,6 +69,31 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def offers_login(port: int, domain: str, timeout: float = 2.0) -> bool:
+    """True once the server on ``port`` answers a stream header with SASL mechanisms.
+
+    An open port is not enough: the kernel completes TCP handshakes as soon as the
+    server listens, which can be before its event loop serves the virtual host.
+    Stream features with ``<mechanisms>`` mean a login can be attempted now.
+    """
+    header = (f"<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' "
+              "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(header.encode())
+            received = b""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and b"</stream:features>" not in received:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+            return b"urn:ietf:params:xml:ns:xmpp-sasl" in received and b"<mechanism" in received
+    except OSError:
+        return False
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -190,11 +215,11 @@ class ManagedServer:
                     f"{self.kind} exited with status {self._proc.returncode} at start; "
                     f"see {self.log_file}:\n{self.log_tail()}"
                 )
-            if port_open(state.c2s_port):
+            if port_open(state.c2s_port) and offers_login(state.c2s_port, state.domain):
                 return
             time.sleep(0.05)
-        raise ServerError(f"{self.kind} did not open port {state.c2s_port} within "
-                          f"{self.start_timeout:.0f} s; see {self.log_file}")
+        raise ServerError(f"{self.kind} did not open port {state.c2s_port} and offer a login "
+                          f"within {self.start_timeout:.0f} s; see {self.log_file}")
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop the server; True if it was running."""
