@@ -22,11 +22,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--xmpp-server", default=os.environ.get("BACKCHANNEL_TEST_SERVER",
                                                              "prosody"),
                      choices=["prosody", "ejabberd"], help="XMPP server for integration tests")
+    parser.addoption("--long", action="store_true",
+                     default=os.environ.get("BACKCHANNEL_TEST_LONG", "") not in ("", "0"),
+                     help="long mode for fault, fuzz and soak-style tests: real outage "
+                          "lengths and >= 10,000 fuzz cases per target (not for CI)")
 
 
 @pytest.fixture(scope="session")
 def server_kind(pytestconfig: pytest.Config) -> str:
     return str(pytestconfig.getoption("--xmpp-server"))
+
+
+@pytest.fixture(scope="session")
+def long_mode(pytestconfig: pytest.Config) -> bool:
+    """True with ``--long`` (or BACKCHANNEL_TEST_LONG=1): full-length fault and fuzz runs."""
+    return bool(pytestconfig.getoption("--long"))
 
 
 @pytest.fixture(scope="session")
