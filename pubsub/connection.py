@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class XmppConnection:
         self.drops = 0
         self._lost = asyncio.Event()
         self._auth_failed = False
+        self._no_tls = False  # the login failed because the stream was never encrypted
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
         self._ready_callbacks: list[ReadyCallback] = []
@@ -187,6 +189,13 @@ class XmppConnection:
             self.client.cancel_connection_attempt()
             if self._closing:
                 break
+            if self._auth_failed and self._no_tls:
+                raise XmppError(
+                    f"the XMPP server {self.settings.host}:{self.settings.port} offered no "
+                    f"TLS, so the credentials of {self.account.bare} were not sent; enable "
+                    "TLS on the server (xmpp.loopback_plaintext = true is only for a "
+                    "development server on loopback)"
+                )
             if self._auth_failed:
                 raise XmppError(
                     f"the server refused the credentials of {self.account.bare} "
@@ -210,8 +219,20 @@ class XmppConnection:
 
     def _on_auth_failed(self, _: Any) -> None:
         self._auth_failed = True
+        self._no_tls = not self.settings.loopback_plaintext and not self._encrypted()
         self.client.abort()
         self._lost.set()
+
+    def _encrypted(self) -> bool:
+        """True when this stream runs over TLS (STARTTLS done, or direct TLS).
+
+        Why: without TLS slixmpp refuses every SASL mechanism (we never allow unencrypted
+        ones unless the server is marked loopback-dev) and reports it as a failed login.
+        Telling the two apart turns "check the password" into the real reason: the
+        server, or something between us and it, offered no TLS.
+        """
+        c = self.client
+        return "starttls" in c.features or isinstance(c.socket, ssl.SSLSocket | ssl.SSLObject)
 
     def _on_stream_error(self, error: Any) -> None:
         log.warning("stream error from server: %s", error["condition"] if error else error)
