@@ -104,7 +104,7 @@ class AdhocDoor:
         disco.api.register(_disco_handler(self._info, static.get_info), "get_info")
 
     async def close(self) -> None:
-        self.conn.client.remove_handler("bot:adhoc")
+        self.conn.remove_message_handler("bot:adhoc")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

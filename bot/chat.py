@@ -203,7 +203,7 @@ class ChatDoor:
                 return
 
     async def close(self) -> None:
-        self.conn.client.remove_handler("bot:chat")
+        self.conn.remove_message_handler("bot:chat")
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

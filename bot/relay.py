@@ -128,7 +128,7 @@ class FeedRelays:
             await self._on_session(False)
 
     async def close(self) -> None:
-        self.conn.client.remove_handler("bot:relay")
+        self.conn.remove_message_handler("bot:relay")
         tasks = list(self._flushers.values())
         for task in tasks:
             task.cancel()

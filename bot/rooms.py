@@ -69,7 +69,7 @@ class Rooms:
 
     def close(self) -> None:
         for name in ("bot:muc-presence", "bot:muc-status"):
-            self.conn.client.remove_handler(name)
+            self.conn.remove_message_handler(name)
         if not self.conn.ready.is_set():
             return
         for room in self.rooms.values():

@@ -111,7 +111,7 @@ class FeedHub:
     def close(self) -> None:
         """Stop fanning out and let every client's stream end."""
         self._closed = True
-        self.conn.client.remove_handler(HANDLER_NAME)
+        self.conn.remove_message_handler(HANDLER_NAME)
         for clients in self.clients.values():
             for client in clients:
                 client.dropped.set()

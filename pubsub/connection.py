@@ -29,17 +29,17 @@ from xml.etree import ElementTree as ET
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath
 
 from backchannel.config import Account, XmppSettings
 from backchannel.errors import NotConnected, XmppError, XmppRefused, XmppTimeout
+from pubsub import slixmpp_speedups
+from pubsub.routing import MessageHandler, Routes
 
 log = logging.getLogger(__name__)
+slixmpp_speedups.install()
 
 STANZA_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 ReadyCallback = Callable[[bool], Awaitable[None]]  # argument: True when the session was resumed
-MessageHandler = Callable[[ET.Element], None]
 
 
 class XmppConnection:
@@ -80,6 +80,8 @@ class XmppConnection:
         if settings.loopback_plaintext:
             c.plugin["feature_mechanisms"].unencrypted_plain = True
         c.plugin["xep_0199"].enable_keepalive(interval=settings.keepalive_interval, timeout=30)
+        self._routes = Routes()
+        c.register_handler(self._routes.callback())
         c.add_event_handler("session_start", self._on_session_start)
         c.add_event_handler("session_resumed", self._on_session_resumed)
         c.add_event_handler("disconnected", self._on_lost)
@@ -114,10 +116,13 @@ class XmppConnection:
         """Call ``handler(raw_xml)`` for each incoming stanza matching ``xpath``.
 
         Handlers get the raw ElementTree element: no slixmpp stanza iteration involved.
+        ``xpath`` is a root tag and child tags in Clark notation (see :mod:`pubsub.routing`).
         """
-        self.client.register_handler(
-            Callback(name, MatchXPath(xpath), lambda stanza: handler(stanza.xml))
-        )
+        self._routes.add(xpath, handler, name)
+
+    def remove_message_handler(self, name: str) -> None:
+        """Stop calling the handler(s) registered under ``name``."""
+        self._routes.remove(name)
 
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and wait for the first session. Raises XmppError if none in time."""
@@ -142,6 +147,13 @@ class XmppConnection:
         self._closing = True
         self.client.plugin["xep_0199"].disable_keepalive()  # type: ignore[no-untyped-call]
         if self.ready.is_set():
+            # Acknowledge what we received before ending the stream: the server re-routes
+            # unacknowledged stanzas of a closed XEP-0198 session (a chat command would
+            # reach the next session of this account and run twice).
+            sm = self.client.plugin["xep_0198"]
+            if sm.enabled_in:
+                with contextlib.suppress(Exception):
+                    sm.send_ack()  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.disconnect(wait=2.0), 5.0)
         else:

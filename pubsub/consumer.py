@@ -102,7 +102,7 @@ class Consumer:
             await self._on_session(False)
 
     async def close(self) -> None:
-        self.conn.client.remove_handler(f"consumer:{self.node}")
+        self.conn.remove_message_handler(f"consumer:{self.node}")
         if self._drain is not None:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):

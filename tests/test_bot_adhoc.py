@@ -57,7 +57,7 @@ async def test_commands_are_listed_per_role_and_status_runs(
         with pytest.raises(XmppRefused) as refused:
             await stranger.execute("status")
         assert refused.value.condition == "forbidden"
-        denied = [a for a in w.bot.state.audit(20) if a["outcome"] == "denied"]
+        denied = [a for a in w.bot.audit_rows(20) if a["outcome"] == "denied"]
         assert denied and denied[0]["who"] == "stranger@localhost"
         assert denied[0]["where"] == "adhoc"
         whoami = await stranger.execute("whoami")
@@ -97,7 +97,7 @@ async def test_forms_from_the_schema_and_a_confirmation_step(
         # cancel in the middle
         form = await admin.execute("replay")
         assert (await admin.cancel(form)).status == "canceled"
-        outcomes = [(a["command"], a["outcome"]) for a in w.bot.state.audit(20)]
+        outcomes = [(a["command"], a["outcome"]) for a in w.bot.audit_rows(20)]
         assert ("replay", "pending") in outcomes and ("replay", "ok") in outcomes
 
 
@@ -183,7 +183,7 @@ async def test_cli_runs_commands_on_the_bot(
         assert await cli("-c", cfg, "show", "NOPE") == 1
         assert await cli("-c", cfg) == 2
         assert "usage:" in capsys.readouterr().err
-        assert [a["where"] for a in w.bot.state.audit(3)] == ["adhoc"] * 3
+        assert [a["where"] for a in w.bot.audit_rows(3)] == ["adhoc"] * 3
 
 
 async def test_cli_says_when_the_bot_is_not_running(

@@ -97,7 +97,7 @@ async def test_operator_transcript(server_state: ServerState, bootstrapped: Any,
         assert "Did you mean `deadletters list`" in await op.ask("deadletters lsit")
         assert ": connected" in await op.ask("!status")  # the prefix works in chat too
 
-        audit = w.bot.state.audit(200)
+        audit = w.bot.audit_rows(200)
         assert any(a["command"] == "deadletters purge" and a["outcome"] == "pending"
                    for a in audit), audit[:3]
         assert all(a["who"] == "operator@localhost" for a in audit)
@@ -115,7 +115,7 @@ async def test_stranger_may_only_ask_for_help_and_whoami(
         assert "(role nobody)" in helped and "`status`" not in helped, helped
         assert "role *nobody*" in await stranger.ask("whoami")
         assert "Did you mean" not in await stranger.ask("stauts")  # reveals nothing
-        denied = [a for a in w.bot.state.audit(100) if a["outcome"] == "denied"]
+        denied = [a for a in w.bot.audit_rows(100) if a["outcome"] == "denied"]
         assert len(denied) == len(EVERY_COMMAND)
         assert {a["who"] for a in denied} == {"stranger@localhost"}
 
@@ -170,7 +170,7 @@ async def test_room_transcript(server_state: ServerState, managed: ManagedServer
         version = await say(op, "!version")
         answers = op.from_(bot_in_room, since, to_nick="op")
         assert len(answers) == 1 and "backchannel 0." in version, [a.body for a in answers]
-        rooms_audit = [a for a in w.bot.state.audit(100) if a["where"] == "groupchat"]
+        rooms_audit = [a for a in w.bot.audit_rows(100) if a["where"] == "groupchat"]
         assert rooms_audit and all(a["room"] == room for a in rooms_audit)
 
 
@@ -202,7 +202,7 @@ async def test_room_that_hides_real_jids_gets_one_refusal(
         got = await op.wait_for(op.bot_jid, since)
         assert "backchannel 0." in got[0].body
         assert not op.from_(f"{room}/{nick}", since)  # refused once, not once per line
-        assert not [a for a in w.bot.state.audit(50) if a["where"] == "groupchat"]
+        assert not [a for a in w.bot.audit_rows(50) if a["where"] == "groupchat"]
 
 
 HOSTILE = [

@@ -51,6 +51,9 @@ authentication = "internal_hashed"
 storage = "sql"
 sql = { driver = "SQLite3", database = "prosody.sqlite" }  -- in data_path
 smacks_hibernation_time = 120
+-- Ask clients for an XEP-0198 ack once more than 10 stanzas are unacknowledged, not after
+-- every stanza (the default): saves each chat command and notification a round of <r/>/<a/>.
+smacks_max_unacked_stanzas = 10
 
 VirtualHost "backchannel.local"
 
