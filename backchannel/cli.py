@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from backchannel import __version__, config
+from backchannel import __version__, config, redact
 from backchannel.errors import (
     BackchannelError,
     ConfigError,
@@ -334,6 +334,7 @@ def setup_logging(verbosity: int) -> None:
         else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         stream=sys.stderr)
+    redact.install(logging.getLogger().handlers)  # no secret in any line, whoever logs it
     if verbosity < 2:
         # Our connection layer turns slixmpp's failures into one clear error; its own
         # log lines would be a second, rawer report of the same thing (-v shows them).

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from backchannel.errors import ConfigError
+from backchannel.redact import remember
 
 DEFAULT_CONFIG_NAMES = ("backchannel.toml", "var/server/backchannel.toml")
 ENV_CONFIG = "BACKCHANNEL_CONFIG"
@@ -35,6 +36,8 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        if value:
+            remember(value)  # libraries that log what they are handed: see backchannel.redact
 
     def reveal(self) -> str:
         return self._value
