@@ -28,12 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from backchannel import config
 from backchannel.errors import NotConnected, XmppError
+from gateway.auth import signed_headers
 from pubsub.envelope import Event, make_event
 from simulator.demosite import DemoSite
 from simulator.gazetteer import gazetteer
-from simulator.stack import SITE_SOURCE
+from simulator.stack import SITE_NAME, SITE_SECRET, SITE_SOURCE
 from tests.pipeline_harness import Pipeline, wait_until
 
 ARTIFACTS = Path(os.environ.get("BACKCHANNEL_ARTIFACTS",
@@ -154,6 +157,103 @@ class SteadyPublisher:
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.gather(*pending)
+
+
+class HttpPublisher(SteadyPublisher):
+    """The same site, publishing through the gateway's ``POST /v1/events``.
+
+    202 means accepted; a 503 (the gateway lost its XMPP session) or a refused connection
+    is retried with the same event id, as the 503's problem document asks.
+    """
+
+    def __init__(self, p: Pipeline, session: aiohttp.ClientSession, url: str) -> None:
+        super().__init__(p)
+        self.session = session
+        self.url = f"{url}/v1/events"
+        self.refused: dict[int, int] = {}  # HTTP status -> how often (0: no connection)
+
+    async def one(self, event: Event) -> None:
+        body = json.dumps(event.to_dict()).encode()
+        while True:
+            headers = signed_headers(SITE_NAME, SITE_SECRET, body)
+            headers["Content-Type"] = "application/json"
+            try:
+                async with self.session.post(self.url, data=body, headers=headers) as answer:
+                    status = answer.status
+                    await answer.read()
+            except aiohttp.ClientError:
+                status = 0
+            if status == 202:
+                self.accepted[event.id] = time.monotonic()
+                return
+            assert status in (0, 503), f"the gateway answered {status} to a valid event"
+            self.refused[status] = self.refused.get(status, 0) + 1
+            self.retries += 1
+            await asyncio.sleep(0.2)
+
+
+class SseReader:
+    """A display reading a feed from the gateway, reconnecting with ``Last-Event-ID``
+    whenever the stream ends (as a browser's EventSource does).
+
+    ``pause`` makes it a slow consumer: it waits that long after each message.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, feed: str,
+                 pause: float = 0.0) -> None:
+        self.session = session
+        self.url = f"{url}/v1/feeds/{feed}"
+        self.pause = pause
+        self.ids: list[str] = []
+        self.connects = 0
+        self.last_id: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def distinct(self) -> set[str]:
+        return set(self.ids)
+
+    async def _run(self) -> None:
+        while True:
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                async with self.session.get(self.url, headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=None)) as r:
+                    if r.status != 200:
+                        await asyncio.sleep(0.5)
+                        continue
+                    self.connects += 1
+                    await self._read(r)
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.2)  # the stream ended: reconnect, like EventSource
+
+    async def _read(self, response: aiohttp.ClientResponse) -> None:
+        fields: dict[str, str] = {}
+        while True:
+            line = await response.content.readline()
+            if not line:
+                return
+            text = line.decode().rstrip("\n")
+            if text == "":
+                if fields.get("event") == "feed" and "id" in fields:
+                    self.ids.append(fields["id"])
+                    self.last_id = fields["id"]
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
+                fields = {}
+            elif not text.startswith(":"):
+                name, _, value = text.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
 
 
 # -- a worker process ----------------------------------------------------------------------
