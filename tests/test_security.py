@@ -18,18 +18,24 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+from aiohttp import web
 
 from backchannel import config
 from backchannel.config import Account, Secret, XmppSettings
 from backchannel.errors import XmppError, XmppRefused
 from backchannel.localserver import ManagedServer, ServerState
-from pubsub.client import PubSub
+from bot.chat import ANONYMOUS_REFUSAL
+from commands.dispatch import DENIED
+from pubsub.client import PubSub, data_form
 from pubsub.connection import XmppConnection
 from pubsub.envelope import make_event, to_element
 from pubsub.nodes import bootstrap
+from simulator.chaos import Chaos
 from simulator.stack import SITE_SOURCE
-from tests.bot_harness import stranger_account
+from tests.bot_harness import NS_MUC, bot_world, room_name, stranger_account
+from tests.pipeline_harness import Pipeline, wait_until
 from tests.xmpp_listener import Listener, make_certificate
+from workers.worker import Worker
 
 pytestmark = pytest.mark.security
 
@@ -244,3 +250,119 @@ async def test_feeds_are_open_or_whitelisted_and_events_never_open(
         for node in closed.nodes.all():
             with contextlib.suppress(XmppRefused):
                 await admin.delete(node)
+
+
+# ---------------------------------------------------------------------------- bot access
+
+VIEWER = "worker@localhost"  # the worker account doubles as a viewer
+ABOVE_VIEWER = ["pause geocode", "resume geocode", "deadletters retry 1",
+                "deadletters retry all", "replay --since 1h", "subscribe signups",
+                "unsubscribe signups", "deadletters purge"]
+
+
+@pytest.mark.integration
+async def test_viewer_is_refused_operator_and_admin_commands_and_every_line_is_audited(
+        server_state: ServerState, bootstrapped: Any, tmp_path: Path) -> None:
+    async with bot_world(server_state, tmp_path, roles={VIEWER: "viewer"}) as w:
+        viewer = await w.client("worker", "sec-viewer")
+        op = await w.client("operator", "sec-op")
+        before = len(w.bot.state.audit(1000))
+        for line in ABOVE_VIEWER:
+            assert await viewer.ask(line) == DENIED, line
+        assert ": connected" in await viewer.ask("status")  # what a viewer may do, works
+        # a confirmation belongs to whoever was asked: the viewer cannot use the admin's
+        question = await op.ask("deadletters purge")
+        token = question.rsplit("confirm ", 1)[-1].split("`")[0]
+        assert "nothing waiting" in await viewer.ask(f"confirm {token}")
+        assert not any(lane.paused for lane in w.runtime.worker.lanes.values())
+        assert w.bot.relays.subscriptions(VIEWER) == []
+
+        sent = len(ABOVE_VIEWER) + 1 + 1  # the viewer's lines, and the admin's question
+        sent += 1  # the viewer's confirm
+        await wait_until(lambda: len(w.bot.state.audit(1000)) - before >= sent, 5,
+                         "audit rows")
+        rows = w.bot.state.audit(1000)[: len(w.bot.state.audit(1000)) - before]
+        assert len(rows) == sent, rows
+        mine = [r for r in rows if r["who"] == VIEWER]
+        assert len(mine) == sent - 1
+        assert sorted(r["command"] for r in mine if r["outcome"] == "denied") == sorted(
+            ["pause", "resume", "deadletters retry", "deadletters retry all", "replay",
+             "subscribe", "unsubscribe", "deadletters purge"])
+        assert {r["outcome"] for r in mine} == {"denied", "ok", "error"}
+        assert [r["outcome"] for r in rows if r["who"] == "operator@localhost"] == ["pending"]
+
+
+@pytest.mark.integration
+async def test_private_message_through_a_room_that_hides_jids_is_refused(
+        server_state: ServerState, bootstrapped: Any, connect: Any, tmp_path: Path) -> None:
+    """A room occupant JID (room@muc/nick) carries no role, in the room or in private."""
+    room = room_name("semipm", server_state)
+    owner: XmppConnection = await connect("operator", "owner")
+    presence = owner.client.Presence()
+    presence["to"] = f"{room}/owner"
+    presence.xml.append(ET.Element(f"{{{NS_MUC}}}x"))
+    presence.send()
+    query = ET.Element("{http://jabber.org/protocol/muc#owner}query")
+    query.append(data_form({"muc#roomconfig_whois": "moderators"},
+                           form_type="http://jabber.org/protocol/muc#roomconfig"))
+    await owner.iq(room, "set", query)
+    async with bot_world(server_state, tmp_path, rooms=(room,)) as w:
+        await wait_until(lambda: w.bot.rooms.rooms[room].joined, 10, "bot in the room")
+        nick = w.settings.bot.nick
+        op = await w.client("operator", "sec-pm")  # an admin, but the bot cannot know
+        op.join(room, "op")
+        await wait_until(lambda: "op" in w.bot.rooms.rooms[room].occupants, 10, "op joined")
+        before = len(w.bot.state.audit(100))
+        reply = await op.ask("status", to=f"{room}/{nick}", kind="chat")
+        assert reply == ANONYMOUS_REFUSAL
+        assert len(w.bot.state.audit(100)) == before  # refused before any command ran
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+@pytest.mark.integration
+async def test_callbacks_go_to_the_registered_endpoint_only(
+        server_state: ServerState, bootstrapped: Any, tmp_path: Path) -> None:
+    """Events cannot steer a callback: not by naming a URL, not from an unregistered
+    source, not by a redirect from the site; only the registration's endpoint is called."""
+    trap_hits: list[str] = []
+
+    async def trap(request: web.Request) -> web.Response:
+        trap_hits.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", trap)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    trap_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        async with Pipeline(server_state, tmp_path, protocol="webhook") as p:
+            # the site answers with a redirect to the trap until told otherwise
+            p.site.control.set(Chaos(error_rate=1.0, error_status=307, location=trap_url))
+            conn = XmppConnection(p.settings.xmpp, p.settings.account("worker"),
+                                  resource="sec-worker")
+            worker = Worker(p.settings, conn, store_path=str(p.var / "worker.sqlite"))
+            await worker.start()
+            await conn.start()
+            steering = {"callback": trap_url, "callback_url": trap_url, "url": trap_url,
+                        "webhook": trap_url, "name": "Amy", "address": "Paris, France"}
+            good = make_event("user.registered", SITE_SOURCE, steering)
+            stranger = make_event("user.registered", "https://evil.example.net", steering)
+            await p.publisher.publish(p.settings.nodes.events, stranger)
+            await p.publisher.publish(p.settings.nodes.events, good)
+            await wait_until(lambda: p.site.stats.failures >= 2, 20, "redirects answered")
+            p.site.control.set(Chaos())
+            await p.site.wait_for(1, timeout=20)
+            await wait_until(lambda: bool(worker.store.deadletters()), 10, "a dead letter")
+            assert list(p.site.applied) == [good.id]
+            reasons = {d.event_id: d.reason for d in worker.store.deadletters()}
+            assert "not a registered site" in reasons[stranger.id]
+            await worker.close()
+            await conn.close()
+        assert trap_hits == []
+    finally:
+        await runner.cleanup()
