@@ -32,6 +32,7 @@ async def adhoc(w: World, account: Any, resource: str = "adhoc") -> AdhocClient:
     return AdhocClient(chatter.conn, w.bot_jid, timeout=15)
 
 
+@pytest.mark.security
 async def test_commands_are_listed_per_role_and_status_runs(
     server_state: ServerState, managed: ManagedServer, bootstrapped: Any, tmp_path: Path
 ) -> None:
@@ -64,6 +65,7 @@ async def test_commands_are_listed_per_role_and_status_runs(
         assert "role *nobody*, in adhoc" in whoami.text
 
 
+@pytest.mark.security
 async def test_forms_from_the_schema_and_a_confirmation_step(
     server_state: ServerState, bootstrapped: Any, tmp_path: Path
 ) -> None:
@@ -101,6 +103,7 @@ async def test_forms_from_the_schema_and_a_confirmation_step(
         assert ("replay", "pending") in outcomes and ("replay", "ok") in outcomes
 
 
+@pytest.mark.security
 async def test_sessions_belong_to_their_jid_and_expire(
     server_state: ServerState, bootstrapped: Any, tmp_path: Path
 ) -> None:

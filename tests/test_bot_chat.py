@@ -40,6 +40,7 @@ def token_in(text: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.security
 async def test_operator_transcript(server_state: ServerState, bootstrapped: Any,
                                    tmp_path: Path) -> None:
     async with bot_world(server_state, tmp_path) as w:
@@ -104,6 +105,7 @@ async def test_operator_transcript(server_state: ServerState, bootstrapped: Any,
         assert {a["where"] for a in audit} == {"chat"}
 
 
+@pytest.mark.security
 async def test_stranger_may_only_ask_for_help_and_whoami(
     server_state: ServerState, managed: ManagedServer, bootstrapped: Any, tmp_path: Path
 ) -> None:
@@ -128,6 +130,7 @@ async def _join_and_wait(chatter: Chatter, room: str, nick: str, bot_nick: str) 
     assert reply.startswith(f"{nick}: You are"), reply
 
 
+@pytest.mark.security
 async def test_room_transcript(server_state: ServerState, managed: ManagedServer,
                                bootstrapped: Any, tmp_path: Path) -> None:
     room = room_name("ops", server_state)
@@ -174,6 +177,7 @@ async def test_room_transcript(server_state: ServerState, managed: ManagedServer
         assert rooms_audit and all(a["room"] == room for a in rooms_audit)
 
 
+@pytest.mark.security
 async def test_room_that_hides_real_jids_gets_one_refusal(
     server_state: ServerState, bootstrapped: Any, connect: Any, tmp_path: Path
 ) -> None:

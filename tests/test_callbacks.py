@@ -110,6 +110,7 @@ def test_verify_accepts_any_of_several_signatures() -> None:
                now=now)
 
 
+@pytest.mark.security
 def test_malformed_whsec_secret_is_refused_without_echoing_it() -> None:
     with pytest.raises(CallbackRefused) as info:
         sign("whsec_!!not base64!!", "e1", 1, b"")
@@ -159,6 +160,7 @@ def test_parse_response_fault_is_a_callback_error_with_clipped_text() -> None:
     ],
     ids=["billion-laughs", "external-entity", "external-dtd"],
 )
+@pytest.mark.security
 def test_parse_response_refuses_dtds_and_entities(body: bytes) -> None:
     with pytest.raises(CallbackError, match="DTD or entities"):
         parse_response(body)
@@ -200,6 +202,7 @@ async def test_guard_unresolvable_host_is_retryable_not_refused() -> None:
         "http://localhost:8080/hook",  # a name that resolves to loopback
     ],
 )
+@pytest.mark.security
 async def test_guard_refuses_non_global_addresses(url: str) -> None:
     with pytest.raises(CallbackRefused, match="not a public address"):
         await check_destination(url, allowed_url=url, allow_private=False)
@@ -221,6 +224,7 @@ async def test_guard_accepts_a_public_literal() -> None:
         "http://user:pw@127.0.0.1:8080/hook",
     ],
 )
+@pytest.mark.security
 async def test_guard_refuses_anything_but_the_registered_url(url: str) -> None:
     with pytest.raises(CallbackRefused, match="not the site's registered") as info:
         await check_destination(url, allowed_url="http://127.0.0.1:8080/hook",
@@ -228,12 +232,14 @@ async def test_guard_refuses_anything_but_the_registered_url(url: str) -> None:
     assert "pw" not in str(info.value)
 
 
+@pytest.mark.security
 async def test_guard_refuses_other_schemes() -> None:
     for url in ("ftp://example.com/x", "file:///etc/passwd", "gopher://example.com/"):
         with pytest.raises(CallbackRefused):
             await check_destination(url, allowed_url=url, allow_private=True)
 
 
+@pytest.mark.security
 async def test_guarded_resolver_refuses_private_answers_unless_allowed() -> None:
     resolver = GuardedResolver()
     try:
@@ -366,6 +372,7 @@ async def test_xmlrpc_fault_is_a_retryable_callback_error() -> None:
         assert not isinstance(info.value, CallbackRefused)
 
 
+@pytest.mark.security
 async def test_billion_laughs_response_is_refused_unexpanded() -> None:
     async def laughs(request: web.Request) -> web.Response:
         return await answer(200, BILLION_LAUGHS)
@@ -376,6 +383,7 @@ async def test_billion_laughs_response_is_refused_unexpanded() -> None:
                                  result={}, attempt=1)
 
 
+@pytest.mark.security
 async def test_redirect_is_not_followed() -> None:
     followed = asyncio.Event()
 
@@ -448,6 +456,7 @@ async def test_503_retry_after_seconds_and_429_http_date() -> None:
         assert info.value.retry_after is not None and 80 <= info.value.retry_after <= 91
 
 
+@pytest.mark.security
 async def test_oversize_response_is_refused_with_and_without_content_length() -> None:
     async def big(request: web.Request) -> web.Response:
         return await answer(200, OK_RESPONSE + b" " * 5000)
@@ -498,6 +507,7 @@ async def test_connection_refused_is_retryable() -> None:
         assert not isinstance(info.value, CallbackRefused)
 
 
+@pytest.mark.security
 async def test_loopback_is_refused_unless_the_site_allows_private() -> None:
     async def ok(request: web.Request) -> web.Response:
         return await answer(200)
@@ -514,6 +524,7 @@ async def test_loopback_is_refused_unless_the_site_allows_private() -> None:
         assert site.received == []
 
 
+@pytest.mark.security
 async def test_secrets_stay_out_of_errors() -> None:
     async with CallbackClient() as client:
         cb = CallbackSettings(url="http://user:hunter2@10.0.0.1/hook?token=s3cr3t",
@@ -572,6 +583,7 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0
 
 
+@pytest.mark.security
 async def test_rebinding_is_caught_when_aiohttp_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS answered "public" at check time, then loopback at connect time (rebinding).
 

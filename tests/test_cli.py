@@ -205,6 +205,7 @@ def test_run_with_unknown_component(good_config: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- config check
 
 
+@pytest.mark.security
 def test_config_check_masks_secrets(good_config: Path, tmp_path: Path) -> None:
     env = {"BACKCHANNEL_SITES_SHOP_CALLBACK_SECRET": "whsec-from-env-123"}
     proc = run("config", "check", "-c", str(good_config), cwd=tmp_path, env=env)

@@ -110,6 +110,7 @@ EVERY_COMMAND = [
 # -- access -----------------------------------------------------------------------------
 
 
+@pytest.mark.security
 async def test_a_stranger_may_only_ask_for_help_and_whoami(bot: Bot, stranger: Context) -> None:
     for line in EVERY_COMMAND:
         assert await bot.say(stranger, line) == DENIED, line
@@ -121,6 +122,7 @@ async def test_a_stranger_may_only_ask_for_help_and_whoami(bot: Bot, stranger: C
     assert {r.outcome for r in bot.audit} == {"denied", "ok"}
 
 
+@pytest.mark.security
 async def test_help_lists_only_what_the_role_may_run(
     bot: Bot, viewer: Context, alice: Context, admin: Context
 ) -> None:
@@ -144,12 +146,14 @@ async def test_help_for_one_command_shows_usage_and_options(bot: Bot, viewer: Co
     assert await bot.say(viewer, "? stats") == await bot.say(viewer, "help stats")
 
 
+@pytest.mark.security
 async def test_admin_commands_only_in_private(bot: Bot, admin: Context) -> None:
     in_room = bot.who("root@example.com", Role.ADMIN, "groupchat", ROOM)
     assert "only works in a private chat" in await bot.say(in_room, "deadletters purge")
     assert "Reply `confirm " in await bot.say(admin, "deadletters purge")
 
 
+@pytest.mark.security
 async def test_role_of_uses_the_real_bare_jid() -> None:
     roles: dict[str, str | Role] = {"alice@example.com": "operator", "root@example.com": Role.ADMIN}
     assert role_of("Alice@Example.com/phone", roles) is Role.OPERATOR
@@ -225,6 +229,7 @@ async def test_typos_get_a_suggestion_among_what_you_may_run(
 # -- dead letters and confirmation --------------------------------------------------------
 
 
+@pytest.mark.security
 async def test_deadletters_by_role(bot: Bot, viewer: Context, alice: Context) -> None:
     listing = await bot.say(viewer, "deadletters")
     assert listing.startswith("*3 dead letters*") and "DL2" in listing
@@ -236,6 +241,7 @@ async def test_deadletters_by_role(bot: Bot, viewer: Context, alice: Context) ->
     assert bot.backend.retried == ["DL1"]
 
 
+@pytest.mark.security
 async def test_retry_all_asks_first_and_runs_once(bot: Bot, alice: Context) -> None:
     asked = await bot.run(alice, "deadletters retry all")
     token = asked.confirm_token
@@ -247,6 +253,7 @@ async def test_retry_all_asks_first_and_runs_once(bot: Bot, alice: Context) -> N
     assert bot.audit[1].command == "deadletters retry all" and bot.audit[1].detail == "confirmed"
 
 
+@pytest.mark.security
 async def test_only_the_same_caller_in_the_same_chat_can_confirm(
     bot: Bot, alice: Context
 ) -> None:
@@ -261,6 +268,7 @@ async def test_only_the_same_caller_in_the_same_chat_can_confirm(
     assert await bot.say(alice, f"Confirm {token.upper()}") == "Queued 3 dead letters again."
 
 
+@pytest.mark.security
 async def test_confirmation_expires(bot: Bot, alice: Context) -> None:
     token = (await bot.run(alice, "deadletters retry all")).confirm_token
     bot.clock.t += 61
@@ -270,6 +278,7 @@ async def test_confirmation_expires(bot: Bot, alice: Context) -> None:
     assert bot.backend.retried == []
 
 
+@pytest.mark.security
 async def test_confirmation_rechecks_the_role(bot: Bot, admin: Context) -> None:
     token = (await bot.run(admin, "deadletters purge")).confirm_token
     demoted = bot.who("root@example.com", Role.OPERATOR)
@@ -277,6 +286,7 @@ async def test_confirmation_rechecks_the_role(bot: Bot, admin: Context) -> None:
     assert len(bot.backend.dead) == 3
 
 
+@pytest.mark.security
 async def test_purge(bot: Bot, admin: Context, alice: Context) -> None:
     assert await bot.say(alice, "deadletters purge") == DENIED
     asked = await bot.say(admin, "deadletters purge")
@@ -407,6 +417,7 @@ async def test_rate_limit_per_user() -> None:
     assert [r.outcome for r in bot.audit].count("ratelimited") == 2
 
 
+@pytest.mark.security
 async def test_audit_records_every_attempt(bot: Bot, alice: Context, stranger: Context) -> None:
     await bot.say(alice, "events --type user.* --last 5")
     await bot.say(stranger, "pause crm")
@@ -436,6 +447,7 @@ async def test_a_failing_audit_hook_does_not_break_commands(
     assert dispatcher.counts["audit_failed"] == 1 and "audit hook failed" in caplog.text
 
 
+@pytest.mark.security
 async def test_a_bug_is_logged_with_a_reference_and_nothing_leaks(
     bot: Bot, viewer: Context, caplog: pytest.LogCaptureFixture
 ) -> None:

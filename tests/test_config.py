@@ -120,6 +120,7 @@ def test_gateway_port_zero_means_any_free_port() -> None:
 
 @pytest.mark.parametrize("host", ["xmpp.example.com", "10.0.0.5", "192.168.1.1", "::2",
                                   "localhost.evil.com"])
+@pytest.mark.security
 def test_plaintext_to_a_non_loopback_host_is_refused(host: str) -> None:
     assert_error(f"[xmpp]\nhost = '{host}'\nloopback_plaintext = true",
                  "xmpp.loopback_plaintext",
@@ -129,11 +130,13 @@ def test_plaintext_to_a_non_loopback_host_is_refused(host: str) -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.1", "::1", "localhost",
                                   "dev.localhost"])
+@pytest.mark.security
 def test_plaintext_to_loopback_is_allowed(host: str) -> None:
     settings = loads(f"[xmpp]\nhost = '{host}'\nloopback_plaintext = true", env={})
     assert settings.xmpp.loopback_plaintext and settings.xmpp.host == host
 
 
+@pytest.mark.security
 def test_tls_is_the_default() -> None:
     assert loads("[xmpp]\nhost = 'xmpp.example.com'", env={}).xmpp.loopback_plaintext is False
 
@@ -317,6 +320,7 @@ def test_env_name_rule() -> None:
     assert env_name("services.crm.auth_header") == "BACKCHANNEL_SERVICES_CRM_AUTH_HEADER"
 
 
+@pytest.mark.security
 def test_secret_never_prints() -> None:
     secret = Secret("hunter2")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
@@ -327,6 +331,7 @@ def test_secret_never_prints() -> None:
     assert not Secret("")
 
 
+@pytest.mark.security
 def test_masked_settings_hold_no_secret() -> None:
     text = (ACCOUNT + SITE + "secret = 'site-s3cret'\ntoken = 'site-t0ken'\n"
             "[sites.callback]\nurl = 'https://shop.example.com/cb'\nsecret = 'cb-s3cret'\n"

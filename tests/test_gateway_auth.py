@@ -75,6 +75,7 @@ def test_uppercase_hex_is_accepted() -> None:
     assert auth().authenticate(headers, BODY) is SHOP
 
 
+@pytest.mark.security
 def test_wrong_signature_says_how_to_sign() -> None:
     headers = signed(BODY, SHOP, NOW)
     problem = refusal(headers, BODY + b" ")
@@ -82,12 +83,14 @@ def test_wrong_signature_says_how_to_sign() -> None:
     assert "signature does not match" in problem.detail
 
 
+@pytest.mark.security
 def test_signature_with_another_sites_secret_is_refused() -> None:
     headers = signed(BODY, BLOG, NOW)
     headers[HEADER_SITE] = "shop"
     assert refusal(headers).kind == "bad-signature"
 
 
+@pytest.mark.security
 def test_malformed_signature_header() -> None:
     headers = signed(BODY, SHOP, NOW)
     headers[HEADER_SIGNATURE] = "sha256=abc"
@@ -97,6 +100,7 @@ def test_malformed_signature_header() -> None:
 
 
 @pytest.mark.parametrize("skew", [301, -301, 86_400])
+@pytest.mark.security
 def test_stale_or_future_timestamp(skew: float) -> None:
     headers = signed(BODY, SHOP, NOW - skew)
     problem = refusal(headers)
@@ -111,6 +115,7 @@ def test_timestamp_inside_tolerance_is_fine() -> None:
 
 
 @pytest.mark.parametrize("value", ["", "soon", "1.5", "-5", "١٢٣", "9" * 40])
+@pytest.mark.security
 def test_timestamp_must_be_whole_unix_seconds(value: str) -> None:
     headers = signed(BODY, SHOP, NOW)
     headers[HEADER_TIMESTAMP] = value
@@ -119,6 +124,7 @@ def test_timestamp_must_be_whole_unix_seconds(value: str) -> None:
 
 @pytest.mark.parametrize("missing,kind", [(HEADER_TIMESTAMP, "missing-timestamp"),
                                           (HEADER_SIGNATURE, "missing-signature")])
+@pytest.mark.security
 def test_missing_header_is_named(missing: str, kind: str) -> None:
     headers = signed(BODY, SHOP, NOW)
     del headers[missing]
@@ -127,11 +133,13 @@ def test_missing_header_is_named(missing: str, kind: str) -> None:
     assert missing in problem.detail
 
 
+@pytest.mark.security
 def test_no_credentials_at_all() -> None:
     problem = refusal({"Content-Type": "application/json"})
     assert problem.kind == "missing-credentials"
 
 
+@pytest.mark.security
 def test_unknown_site_and_site_without_secret_look_the_same() -> None:
     unknown = signed(BODY, SHOP, NOW)
     unknown[HEADER_SITE] = "nosuchsite"
@@ -156,15 +164,18 @@ def test_bearer_token() -> None:
     ({"Authorization": "Basic c2hvcDpzZWNyZXQ="}, "bad-authorization"),
     ({"Authorization": "Bearer "}, "bad-authorization"),
 ])
+@pytest.mark.security
 def test_bad_bearer(headers: dict[str, str], kind: str) -> None:
     assert refusal(headers).kind == kind
 
 
+@pytest.mark.security
 def test_a_site_without_token_cannot_use_an_empty_bearer() -> None:
     # BLOG has no token: an empty token must never match it.
     assert refusal({"Authorization": "Bearer  "}).kind == "bad-authorization"
 
 
+@pytest.mark.security
 def test_secrets_never_appear_in_refusals() -> None:
     cases = [
         {"Authorization": "Bearer shop-token-x"},
@@ -193,6 +204,7 @@ async def offline_gateway() -> AsyncIterator[Gateway]:
         await conn.close()
 
 
+@pytest.mark.security
 async def test_http_refusals_are_problem_json(offline_gateway: Gateway) -> None:
     url = offline_gateway.url
     body = encode(event_doc())
@@ -213,6 +225,7 @@ async def test_http_refusals_are_problem_json(offline_gateway: Gateway) -> None:
                 assert problem["detail"]
 
 
+@pytest.mark.security
 async def test_authentication_comes_before_any_other_check(offline_gateway: Gateway) -> None:
     async with aiohttp.ClientSession() as session:
         status, problem, _ = await post_events(
@@ -238,6 +251,7 @@ async def test_signed_request_without_xmpp_gets_503_with_retry_after(
     assert bearer_status == 503  # authenticated, then refused for want of XMPP
 
 
+@pytest.mark.security
 async def test_event_status_needs_authentication(offline_gateway: Gateway) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{offline_gateway.url}/v1/events/abc") as r:

@@ -113,6 +113,7 @@ def problem_of(status: int, problem: Any, headers: Mapping[str, str], expected: 
     return dict(problem)
 
 
+@pytest.mark.security
 async def test_each_refusal_has_its_status_and_a_specific_message(
         gateway: Gateway, session: aiohttp.ClientSession) -> None:
     url = gateway.url
