@@ -92,10 +92,14 @@ async def start_components(runtime: Runtime, stack: contextlib.AsyncExitStack,
         runtime.worker = worker
     if "gateway" in wanted:
         from gateway.app import Gateway
+        from workers.progress import StoreProgress
 
         conn = await open_connection(runtime, stack, "gateway", "gateway")
+        # The worker's store, read-only, when it is on this machine ("in progress").
+        progress = StoreProgress(settings.worker.store)
+        stack.callback(progress.close)
         gateway = Gateway(settings, conn, metrics=runtime.metrics,
-                          status_provider=runtime.status)
+                          status_provider=runtime.status, progress=progress)
         await gateway.start()
         stack.push_async_callback(gateway.close)
         runtime.gateway = gateway

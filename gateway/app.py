@@ -30,7 +30,7 @@ from backchannel.metrics import Metrics
 from gateway.auth import Authenticator
 from gateway.feeds import HEARTBEAT, FeedHub, FeedStream
 from gateway.ingest import Ingest
-from gateway.ops import Ops, StatusProvider
+from gateway.ops import Ops, ProgressProvider, StatusProvider
 from gateway.problems import Problem, problem_middleware
 from pubsub.client import PubSub
 from pubsub.connection import XmppConnection
@@ -52,6 +52,7 @@ class Gateway:
         *,
         metrics: Metrics,
         status_provider: StatusProvider | None = None,
+        progress: ProgressProvider | None = None,
         static_dir: Path | None = None,
         heartbeat: float = HEARTBEAT,
     ) -> None:
@@ -65,7 +66,8 @@ class Gateway:
         self.ingest = Ingest(settings, self.publisher, self.auth, metrics)
         self.hub = FeedHub(conn, self.pubsub, settings.nodes, metrics,
                            max_bytes=settings.max_event_bytes)
-        self.ops = Ops(settings, conn, self.pubsub, self.auth, metrics, status_provider)
+        self.ops = Ops(settings, conn, self.pubsub, self.auth, metrics, status_provider,
+                       progress)
         self.app = self._build_app(heartbeat)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None

@@ -6,8 +6,10 @@ is up (a load balancer sends sites elsewhere instead of collecting 503s).
 
 ``GET /v1/events/{id}`` reads the nodes, not a database: the events node says the event
 was received, the results node that it is done (or failed, with the result), the
-dead-letters node that it was given up on (with the reason). A site sees only its own
-events; any other id is a 404, whether it exists or not.
+dead-letters node that it was given up on (with the reason). Between received and done,
+the worker's store (read-only, when it is on this machine: :mod:`workers.progress`) says
+the event is in progress and how far each task got. A site sees only its own events;
+any other id is a 404, whether it exists or not.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pubsub.envelope import ID_RE, Event, from_element
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], Awaitable[Mapping[str, Any]]]
+# The worker's view of one event (workers.progress.StoreProgress), None if not taken.
+ProgressProvider = Callable[[str], Mapping[str, Any] | None]
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -40,8 +44,10 @@ class Ops:
 
     def __init__(self, settings: Settings, conn: XmppConnection, pubsub: PubSub,
                  auth: Authenticator, metrics: Metrics,
-                 status_provider: StatusProvider | None = None) -> None:
+                 status_provider: StatusProvider | None = None,
+                 progress: ProgressProvider | None = None) -> None:
         self.settings = settings
+        self.progress = progress
         self.conn = conn
         self.pubsub = pubsub
         self.auth = auth
@@ -133,6 +139,11 @@ class Ops:
             answer["state"] = "failed" if data.get("status") == "failed" else "done"
             answer["result"] = result_event.data
             answer["time"] = result_event.time
+        elif self.progress is not None:
+            progress = self.progress(event_id)
+            if progress is not None and progress.get("state") == "pending":
+                answer["state"] = "in progress"
+                answer["tasks"] = progress.get("tasks", [])
         return web.json_response(answer)
 
     def _event(self, item: Item | None) -> Event | None:

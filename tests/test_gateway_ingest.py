@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,8 @@ from tests.gateway_support import (
     signed,
     with_sites,
 )
+from workers.progress import StoreProgress
+from workers.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -225,7 +228,7 @@ async def get_status(session: aiohttp.ClientSession, gateway: Gateway, event_id:
 
 
 async def test_event_status_follows_the_nodes(gateway: Gateway, session: aiohttp.ClientSession,
-                                              worker: Publisher) -> None:
+                                              worker: Publisher, tmp_path: Path) -> None:
     nodes = gateway.settings.nodes
     done, dead, waiting = event_doc(), event_doc(), event_doc()
     status, _, _ = await post_events(session, gateway.url, [done, dead, waiting])
@@ -248,6 +251,28 @@ async def test_event_status_follows_the_nodes(gateway: Gateway, session: aiohttp
     status, answer = await get_status(session, gateway, dead["id"])
     assert status == 200 and answer["state"] == "dead-lettered"
     assert answer["deadletter"] == reason
+
+    # The worker has taken `waiting` (its store, read-only, says pending): in progress.
+    store = Store(tmp_path / "worker.sqlite")
+    progress = StoreProgress(tmp_path / "worker.sqlite")
+    gateway.ops.progress = progress
+    try:
+        assert await get_status(session, gateway, waiting["id"]) == (
+            200, {"id": waiting["id"], "type": "user.registered", "state": "received"})
+        store.accept(waiting["id"], "user.registered", waiting["source"], waiting,
+                     [("geocode", "geocoder"), ("crm", "crm")])
+        store.task_finished(waiting["id"], "geocode", ok=True, attempts=1, result={},
+                            error=None, started=time.time(), duration_ms=1.0, next_at=None)
+        status, answer = await get_status(session, gateway, waiting["id"])
+        assert status == 200 and answer["state"] == "in progress", answer
+        assert answer["tasks"] == [{"task": "crm", "state": "pending", "attempts": 0},
+                                   {"task": "geocode", "state": "ok", "attempts": 1}]
+        # The nodes' word wins: a result on the results node means done.
+        store.accept(done["id"], "user.registered", done["source"], done, [("crm", "crm")])
+        assert (await get_status(session, gateway, done["id"]))[1]["state"] == "done"
+    finally:
+        progress.close()
+        store.close()
 
     # Another site, an unknown id, a malformed id: all the same 404.
     for event_id, site in ((done["id"], BLOG), ("01NOSUCHEVENT", SHOP), ("-bad id", SHOP)):
