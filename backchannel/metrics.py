@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -53,6 +53,7 @@ class Metrics:
         self._help: dict[str, tuple[str, str]] = {}  # name -> (type, help)
         self._values: dict[str, dict[LabelKey, float]] = {}
         self._hists: dict[str, dict[LabelKey, _Histogram]] = {}
+        self._collectors: list[Callable[[], None]] = []
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
         self._help.setdefault(name, (kind, help_text))
@@ -101,8 +102,19 @@ class Metrics:
                 return hist.buckets[i] if i < len(hist.buckets) else math.inf
         return math.inf
 
+    def add_collector(self, collect: Callable[[], None]) -> None:
+        """Call ``collect()`` before each render: it sets gauges that are read, not
+        counted (queue depth, breaker states), so a scrape never sees stale values."""
+        self._collectors.append(collect)
+
+    def remove_collector(self, collect: Callable[[], None]) -> None:
+        if collect in self._collectors:
+            self._collectors.remove(collect)
+
     def render(self) -> str:
         """Prometheus text exposition format 0.0.4."""
+        for collect in list(self._collectors):
+            collect()
         lines: list[str] = []
         with self._lock:
             for name in sorted(set(self._values) | set(self._hists)):

@@ -112,8 +112,17 @@ async def test_dead_service_dead_letters_while_others_finish_and_breaker_limits_
                        if t.task != "mailing_list")
 
         await wait_until(other_tasks_ok, 60, "geocode and crm to finish")
+        # A scrape sees the open breaker and the waiting events without anyone asking
+        # for `status` first (the gauges are collected at render time).
+        scrape = worker.metrics.render()
+        assert 'backchannel_breaker_open{service="mailing_list"} 1' in scrape, scrape
+        assert 'backchannel_breaker_open{service="crm"} 0' in scrape
+        depth = worker.metrics.value("backchannel_queue_depth")
+        assert 0 < depth <= 200, depth
         await wait_until(lambda: finished(worker) == 200, 120, "all events to end")
         assert worker.store.counts() == {"failed": 200}
+        worker.metrics.render()
+        assert worker.metrics.value("backchannel_queue_depth") == 0
         dead = worker.store.deadletters(limit=1000)
         assert len(dead) == 200
         assert all("mailing_list failed after 4 attempts" in d.reason for d in dead)

@@ -21,7 +21,7 @@ import aiohttp
 
 from backchannel import __version__
 from backchannel.config import Settings
-from backchannel.errors import EventError
+from backchannel.errors import EventError, StoreError
 from backchannel.metrics import Metrics
 from pubsub.client import PubSub
 from pubsub.connection import XmppConnection
@@ -92,12 +92,14 @@ class Worker:
             self._janitor = asyncio.create_task(self._prune_loop(), name="worker:retention")
         await self.responder.start()
         await self.consumer.start()
+        self.metrics.add_collector(self.collect_gauges)
         log.info("worker started: tasks %s, %d events pending, %d outbox items",
                  ", ".join(sorted(self.lanes)), self.store.pending_events(),
                  self.store.outbox_size())
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop taking work, let in-flight calls finish (bounded), flush the outbox."""
+        self.metrics.remove_collector(self.collect_gauges)
         await stop_feeding(self._janitor, (), 0)
         await self.consumer.close()
         for lane in self.lanes.values():
@@ -326,9 +328,7 @@ class Worker:
         self.store.set_paused(service, paused)
         log.info("service %s %s", service, "paused" if paused else "resumed")
 
-    def snapshot(self) -> dict[str, Any]:
-        """Numbers for status, metrics and the dashboard."""
-        counts = self.store.counts()
+    def _gauges(self, counts: dict[str, int]) -> tuple[int, dict[str, str], int]:
         in_flight = sum(len(lane.in_flight) for lane in self.lanes.values())
         breakers = {name: lane.breaker.state for name, lane in self.lanes.items()}
         for name, state in breakers.items():
@@ -337,6 +337,19 @@ class Worker:
         pending = counts.get("pending", 0)
         self.metrics.set("backchannel_queue_depth", pending)
         self.metrics.set("backchannel_in_flight", in_flight)
+        return in_flight, breakers, pending
+
+    def collect_gauges(self) -> None:
+        """Metrics collector: queue depth, in flight and breaker states for each scrape."""
+        try:
+            self._gauges(self.store.counts())
+        except StoreError as exc:
+            log.warning("cannot read the worker store for /metrics: %s", exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Numbers for status, metrics and the dashboard."""
+        counts = self.store.counts()
+        in_flight, breakers, pending = self._gauges(counts)
         return {
             "events": counts,
             "queue_depth": pending,
