@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -196,14 +197,15 @@ class SseReader:
     """A display reading a feed from the gateway, reconnecting with ``Last-Event-ID``
     whenever the stream ends (as a browser's EventSource does).
 
-    ``pause`` makes it a slow consumer: it waits that long after each message.
+    A slow consumer: clear :attr:`flowing` and it stops reading (the gateway's writes
+    back up into its queue for this client); set it and it reads on.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, feed: str,
-                 pause: float = 0.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, feed: str) -> None:
         self.session = session
         self.url = f"{url}/v1/feeds/{feed}"
-        self.pause = pause
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self.ids: list[str] = []
         self.connects = 0
         self.last_id: str | None = None
@@ -240,6 +242,7 @@ class SseReader:
     async def _read(self, response: aiohttp.ClientResponse) -> None:
         fields: dict[str, str] = {}
         while True:
+            await self.flowing.wait()
             line = await response.content.readline()
             if not line:
                 return
@@ -248,29 +251,43 @@ class SseReader:
                 if fields.get("event") == "feed" and "id" in fields:
                     self.ids.append(fields["id"])
                     self.last_id = fields["id"]
-                    if self.pause:
-                        await asyncio.sleep(self.pause)
                 fields = {}
             elif not text.startswith(":"):
                 name, _, value = text.partition(":")
                 fields[name] = value[1:] if value.startswith(" ") else value
 
 
+def small_window_session() -> aiohttp.ClientSession:
+    """An HTTP client whose sockets have a 4 KiB receive buffer: when it stops reading,
+    the sender notices within a few messages instead of filling megabytes of kernel
+    buffer first (loopback autotuning would otherwise hide a slow reader for minutes)."""
+
+    def factory(addr: Any) -> socket.socket:
+        family, kind, proto, _, _ = addr
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return sock
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(socket_factory=factory))
+
+
 # -- a worker process ----------------------------------------------------------------------
 
 class WorkerProcess:
-    """``backchannel run --components worker`` as a child process that can be killed."""
+    """``backchannel run --components worker`` (or other components) as a child process
+    that can be killed."""
 
-    def __init__(self, config_file: Path, log: Path) -> None:
+    def __init__(self, config_file: Path, log: Path, components: str = "worker") -> None:
         self.config_file = config_file
         self.log = log
+        self.components = components
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child, closed with it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backchannel.cli", "run", "--components", "worker",
+            [sys.executable, "-m", "backchannel.cli", "run", "--components", self.components,
              "-c", str(self.config_file)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
@@ -310,10 +327,13 @@ class WorkerProcess:
 # -- configuration -------------------------------------------------------------------------
 
 def retune(p: Pipeline, *, services: str | None = None,
-           callback_time_scale: float | None = None) -> None:
+           callback_time_scale: float | None = None, gateway_port: int | None = None) -> None:
     """Rewrite the pipeline's config (all services' retry block, the callback schedule's
-    time scale) and reload it, before any component starts."""
+    time scale, the gateway's port) and reload it, before any component starts."""
     text = p.config_file.read_text()
+    if gateway_port is not None:
+        assert "[gateway]\nport = 0\n" in text
+        text = text.replace("[gateway]\nport = 0\n", f"[gateway]\nport = {gateway_port}\n")
     if services is not None:
         assert FAST_RETRY in text
         text = text.replace(FAST_RETRY, services)
