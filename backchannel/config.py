@@ -16,6 +16,7 @@ import ipaddress
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -274,25 +275,41 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
         return _Parser("<defaults>", environ).settings({})
     p = Path(path)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(p)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(p)) from None
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", file=str(p)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(p)) from None
-    return _Parser(str(p), environ).settings(raw)
+    return _Parser(str(p), environ).settings(_parse_toml(text, str(p)))
 
 
 def loads(text: str, env: Mapping[str, str] | None = None, name: str = "<string>") -> Settings:
     """Like :func:`load` from a string (tests, generated configs)."""
+    return _Parser(name, os.environ if env is None else env).settings(_parse_toml(text, name))
+
+
+def _parse_toml(text: str, name: str) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=name) from None
-    return _Parser(name, os.environ if env is None else env).settings(raw)
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError("not valid TOML: arrays or tables nested too deeply",
+                          file=name) from None
+    except ValueError:  # an integer longer than Python converts (sys.int_info)
+        raise ConfigError("not valid TOML: an integer has more than "
+                          f"{sys.get_int_max_str_digits()} digits", file=name) from None
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _shown(value: Any) -> str:
+    """A value from the file, quoted for an error message and clipped to a sensible length."""
+    return _clip(repr(value), 60)
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let a final newline in
@@ -314,7 +331,7 @@ class _Parser:
         self.env = env
 
     def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key=key)
+        return ConfigError(message, file=self.file, key=_clip(key, 120))
 
     # -- typed getters ---------------------------------------------------------------
     def table(self, raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -334,7 +351,10 @@ class _Parser:
             return default
         value = raw[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self.fail(f"{path}.{key}", "is too large a number") from None
         if kind is int and isinstance(value, bool):
             raise self.fail(f"{path}.{key}", "must be an integer, got a boolean")
         if not isinstance(value, kind):
@@ -349,7 +369,7 @@ class _Parser:
         value = self.get(raw, key, path, kind, default)
         self.finite(value, f"{path}.{key}")
         if value <= 0:
-            raise self.fail(f"{path}.{key}", f"must be greater than 0, got {value}")
+            raise self.fail(f"{path}.{key}", f"must be greater than 0, got {_shown(value)}")
         return value
 
     def non_negative(
@@ -358,7 +378,7 @@ class _Parser:
         value = self.get(raw, key, path, kind, default)
         self.finite(value, f"{path}.{key}")
         if value < 0:
-            raise self.fail(f"{path}.{key}", f"must not be negative, got {value}")
+            raise self.fail(f"{path}.{key}", f"must not be negative, got {_shown(value)}")
         return value
 
     def finite(self, value: Any, key: str) -> None:
@@ -371,7 +391,8 @@ class _Parser:
     ) -> str:
         value = self.get(raw, key, path, str, default)
         if value not in choices:
-            raise self.fail(f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
+            raise self.fail(f"{path}.{key}",
+                            f"must be one of {', '.join(choices)}; got {_shown(value)}")
         return str(value)
 
     def strings(
@@ -426,12 +447,12 @@ class _Parser:
         host = self.get(raw, "host", p, str, d.host)
         port = self.get(raw, "port", p, int, d.port)
         if not 0 < port < 65536:
-            raise self.fail(f"{p}.port", f"must be a TCP port (1-65535), got {port}")
+            raise self.fail(f"{p}.port", f"must be a TCP port (1-65535), got {_shown(port)}")
         plaintext = self.get(raw, "loopback_plaintext", p, bool, d.loopback_plaintext)
         if plaintext and not is_loopback_host(host):
             raise self.fail(
                 f"{p}.loopback_plaintext",
-                f"plaintext is only allowed to a loopback server, and host is {host!r}; "
+                f"plaintext is only allowed to a loopback server, and host is {_shown(host)}; "
                 "use TLS for anything else",
             )
         direct_tls = self.get(raw, "direct_tls", p, bool, d.direct_tls)
@@ -468,7 +489,7 @@ class _Parser:
             self.check_keys(value, {"jid", "password"}, p)
             jid = self.get(value, "jid", p, str, "")
             if not _JID.fullmatch(jid):
-                raise self.fail(f"{p}.jid", f"must be a JID like name@domain, got {jid!r}")
+                raise self.fail(f"{p}.jid", f"must be a JID like name@domain, got {_shown(jid)}")
             password = self.secret(value, "password", p)
             if not password:
                 raise self.fail(f"{p}.password",
@@ -489,7 +510,7 @@ class _Parser:
         feeds = self.strings(raw, "feeds", p, d.feeds)
         for feed in feeds:
             if not _NAME.match(feed):
-                raise self.fail(f"{p}.feeds", f"feed name {feed!r} must be {_NAME_RULE}")
+                raise self.fail(f"{p}.feeds", f"feed name {_shown(feed)} must be {_NAME_RULE}")
         return NodeNames(
             feeds=feeds,
             max_items=self.positive(raw, "max_items", p, int, d.max_items),
@@ -512,12 +533,12 @@ class _Parser:
                                    "xmpp_publishers"}, p)
             name = self.get(item, "name", p, str, "")
             if not _NAME.match(name):
-                raise self.fail(f"{p}.name", f"must be {_NAME_RULE}, got {name!r}")
+                raise self.fail(f"{p}.name", f"must be {_NAME_RULE}, got {_shown(name)}")
             source = self.get(item, "source", p, str, "")
             if not source:
                 raise self.fail(f"{p}.source", "missing (the URI the site puts in `source`)")
             if name in seen or source in seen:
-                raise self.fail(p, f"site {name!r} / source {source!r} is declared twice")
+                raise self.fail(p, f"site {name!r} / source {_shown(source)} is declared twice")
             seen.update((name, source))
             sp = f"sites.{name}"
             callback = None
@@ -539,7 +560,7 @@ class _Parser:
         self.check_keys(raw, {f.name for f in fields(CallbackSettings)}, p)
         url = self.get(raw, "url", p, str, "")
         if not re.match(r"^https?://[^/\s]+", url):
-            raise self.fail(f"{p}.url", f"must be an http(s) URL, got {url!r}")
+            raise self.fail(f"{p}.url", f"must be an http(s) URL, got {_shown(url)}")
         d = CallbackSettings(url=url)
         protocol = self.choice(raw, "protocol", p, ("xmlrpc", "webhook"), d.protocol)
         secret = self.secret(raw, "secret", f"{secret_path}.callback")
@@ -616,7 +637,7 @@ class _Parser:
                 for task in tasks:
                     if not _NAME.match(task):
                         raise self.fail(f"{rp}.tasks",
-                                        f"task name {task!r} must be {_NAME_RULE}")
+                                        f"task name {_shown(task)} must be {_NAME_RULE}")
                 parsed.append(Route(pattern, tasks))
             routes = tuple(parsed)
         return WorkerSettings(
@@ -646,7 +667,7 @@ class _Parser:
                 raise self.fail(f"{p}.roles.{jid}", "must be a bare JID (name@domain)")
             if role not in ("viewer", "operator", "admin"):
                 raise self.fail(f"{p}.roles.{jid}",
-                                f"role must be viewer, operator or admin, got {role!r}")
+                                f"role must be viewer, operator or admin, got {_shown(role)}")
             roles[jid.lower()] = role
         return BotSettings(
             nick=self.get(raw, "nick", p, str, d.nick),
@@ -666,7 +687,7 @@ class _Parser:
         d = GatewaySettings()
         port = self.get(raw, "port", p, int, d.port)
         if not 0 <= port < 65536:
-            raise self.fail(f"{p}.port", f"must be a TCP port (0-65535), got {port}")
+            raise self.fail(f"{p}.port", f"must be a TCP port (0-65535), got {_shown(port)}")
         return GatewaySettings(
             host=self.get(raw, "host", p, str, d.host),
             port=port,
