@@ -119,7 +119,11 @@ class Ingest:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = await request.content.read(65536)
+            try:
+                chunk = await request.content.read(65536)
+            except ConnectionError:  # the client went away before the whole body came
+                raise Problem(400, "body-incomplete", "the connection closed before the "
+                              "whole request body arrived") from None
             if not chunk:
                 break
             size += len(chunk)
