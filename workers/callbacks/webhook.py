@@ -77,6 +77,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def verify(
     secret: str,
     headers: Mapping[str, str],
@@ -102,6 +110,9 @@ def verify(
         if not value:
             raise CallbackRefused(f"webhook verification failed: missing {name} header")
     assert msg_id is not None and raw_timestamp is not None and offered is not None
+    if not msg_id.isascii() and not _encodable(msg_id):
+        # A non-UTF-8 byte in a received header arrives as a lone surrogate.
+        raise CallbackRefused("webhook verification failed: webhook-id is not UTF-8 text")
     try:
         timestamp = int(raw_timestamp)
     except ValueError as exc:

@@ -62,8 +62,8 @@ def build_call(
     return text.encode("utf-8")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= FAULT_TEXT_LIMIT else text[: FAULT_TEXT_LIMIT - 1] + "…"
+def _clip(text: str, limit: int = FAULT_TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_response(body: bytes) -> Any:
@@ -82,7 +82,9 @@ def parse_response(body: bytes) -> Any:
         params = unmarshaller.close()
     except xmlrpc.client.Fault as fault:
         raise CallbackError(
-            f"site answered XML-RPC fault {fault.faultCode}: {_clip(str(fault.faultString))}"
+            # The code is whatever the site sent (a 5,000-character string, a struct...).
+            f"site answered XML-RPC fault {_clip(str(fault.faultCode), 40)}: "
+            f"{_clip(str(fault.faultString))}"
         ) from fault
     except DefusedXmlException as exc:
         raise CallbackError("response contains a DTD or entities") from exc
