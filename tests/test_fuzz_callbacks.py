@@ -428,6 +428,9 @@ def test_what_fuzzing_found() -> None:
     with pytest.raises(CallbackError) as info:
         parse_response(body)
     assert str(info.value) == f"site answered XML-RPC fault {'c' * 39}…: why"
+    # An unknown encoding made expat raise LookupError out of parse_response.
+    with pytest.raises(CallbackError, match="declares an encoding that does not exist"):
+        parse_response(b"<?xml version='1.0' encoding='x-unknown'?><methodResponse/>")
     # A non-UTF-8 byte in a received webhook-id (a lone surrogate) raised UnicodeEncodeError.
     headers = build_headers(SECRET, "e1", b"{}") | {"webhook-id": "e\udce91"}
     with pytest.raises(CallbackRefused, match="webhook-id is not UTF-8 text"):

@@ -90,6 +90,8 @@ def parse_response(body: bytes) -> Any:
         raise CallbackError("response contains a DTD or entities") from exc
     except ExpatError as exc:
         raise CallbackError(f"response is not well-formed XML ({exc.args[0]})") from exc
+    except LookupError as exc:  # <?xml encoding="x-unknown"?>: expat asks Python's codecs
+        raise CallbackError("response declares an encoding that does not exist") from exc
     except (xmlrpc.client.ResponseError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise CallbackError("response is not an XML-RPC methodResponse") from exc
     if len(params) == 1:
