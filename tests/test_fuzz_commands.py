@@ -111,7 +111,7 @@ def test_fuzz_commands(long_mode: bool, server_kind: str,
     conn = loop.run_until_complete(_connection())
     try:
         with fuzz_run("commands", long_mode=long_mode, server_kind=server_kind,
-                      ci_cases=400) as run:
+                      ci_cases=800) as run:
             _chat(run, loop, conn)
             _named(run, loop, conn)
             _parser(run)

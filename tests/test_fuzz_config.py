@@ -265,7 +265,7 @@ def judge(run: FuzzRun, what: object, load: Any, file: str = FILE) -> None:
 
 def test_fuzz_config(long_mode: bool, server_kind: str, tmp_path: Path) -> None:
     with fuzz_run("config", long_mode=long_mode, server_kind=server_kind,
-                  ci_cases=300) as run:
+                  ci_cases=500) as run:
 
         @run.hypothesis(0.7)
         @given(data=st.data())

@@ -119,7 +119,7 @@ def judge(run: FuzzRun, what: object, call: Any) -> None:
 
 def test_fuzz_envelope(long_mode: bool, server_kind: str) -> None:
     with fuzz_run("envelope", long_mode=long_mode, server_kind=server_kind,
-                  ci_cases=400) as run:
+                  ci_cases=1000) as run:
 
         @run.hypothesis(0.75)
         @given(raw=raw_inputs, max_bytes=limits, known_sources=known)

@@ -332,7 +332,7 @@ async def test_fuzz_gateway(offline_gateway: Gateway, long_mode: bool, server_ki
     gateway = offline_gateway
     caplog.set_level(logging.ERROR, logger="gateway")
     with fuzz_run("gateway", long_mode=long_mode, server_kind=server_kind,
-                  ci_cases=400) as run:
+                  ci_cases=1000) as run:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for n in range(run.budget):
             queue.put_nowait(n)
