@@ -133,7 +133,8 @@ class Gateway:
         app = web.Application(middlewares=[problem_middleware],
                               client_max_size=self.ingest.max_body + 1)
         app.on_shutdown.append(self._on_shutdown)
-        feeds = FeedStream(self.hub, heartbeat=heartbeat)
+        whitelisted = self.settings.nodes.feed_access == "whitelist"
+        feeds = FeedStream(self.hub, heartbeat=heartbeat, auth=self.auth if whitelisted else None)
         r = app.router
         r.add_post("/v1/events", self.ingest.handle)
         r.add_get("/v1/events/{id}", self.ops.event_status)

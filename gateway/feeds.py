@@ -27,6 +27,7 @@ from aiohttp import web
 from backchannel.config import NodeNames
 from backchannel.errors import EventError, XmppError
 from backchannel.metrics import Metrics
+from gateway.auth import Authenticator
 from gateway.problems import Problem
 from pubsub.client import NS_EVENT, Item, PubSub
 from pubsub.connection import XmppConnection
@@ -208,13 +209,23 @@ async def read_after(pubsub: PubSub, node: str, last_id: str) -> tuple[list[Item
 
 
 class FeedStream:
-    """The SSE handler: replay, then live messages, with heartbeats."""
+    """The SSE handler: replay, then live messages, with heartbeats.
 
-    def __init__(self, hub: FeedHub, *, heartbeat: float = HEARTBEAT) -> None:
+    ``auth``: when feeds are whitelisted on the XMPP server (``nodes.feed_access``), only
+    a registered site may read them here (the same credentials as for ingest). Why: the
+    gateway is itself on the whitelist, so without this check it would hand every
+    whitelisted feed to any HTTP client and the whitelist would protect nothing.
+    """
+
+    def __init__(self, hub: FeedHub, *, heartbeat: float = HEARTBEAT,
+                 auth: Authenticator | None = None) -> None:
         self.hub = hub
         self.heartbeat = heartbeat
+        self.auth = auth
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.auth is not None:
+            self.auth.authenticate(request.headers, await request.read())
         feed = request.match_info["feed"]
         if feed not in self.hub.clients:
             raise Problem(404, "unknown-feed", f"no feed named {feed[:60]!r}",

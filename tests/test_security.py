@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -24,8 +26,12 @@ from backchannel import config
 from backchannel.config import Account, Secret, XmppSettings
 from backchannel.errors import XmppError, XmppRefused
 from backchannel.localserver import ManagedServer, ServerState
+from backchannel.metrics import Metrics
 from bot.chat import ANONYMOUS_REFUSAL
 from commands.dispatch import DENIED
+from gateway.app import Gateway
+from gateway.auth import Authenticator
+from gateway.problems import Problem
 from pubsub.client import PubSub, data_form
 from pubsub.connection import XmppConnection
 from pubsub.envelope import make_event, to_element
@@ -33,6 +39,7 @@ from pubsub.nodes import bootstrap
 from simulator.chaos import Chaos
 from simulator.stack import SITE_SOURCE
 from tests.bot_harness import NS_MUC, bot_world, room_name, stranger_account
+from tests.gateway_support import SHOP, encode, event_doc, post_events, signed, with_sites
 from tests.pipeline_harness import Pipeline, wait_until
 from tests.xmpp_listener import Listener, make_certificate
 from workers.worker import Worker
@@ -366,3 +373,69 @@ async def test_callbacks_go_to_the_registered_endpoint_only(
         assert trap_hits == []
     finally:
         await runner.cleanup()
+
+
+# ---------------------------------------------------------------------------- gateway
+
+
+@pytest.fixture
+async def whitelisted_gateway(bootstrapped: config.Settings, connect: Any
+                              ) -> AsyncIterator[Gateway]:
+    """A live gateway over nodes of its own whose feeds are whitelisted."""
+    prefix = f"secgw{int(time.time() * 1000) % 10**8}"
+    settings = with_sites(replace(bootstrapped, nodes=replace(
+        bootstrapped.nodes, events=f"{prefix}.events", results=f"{prefix}.results",
+        deadletters=f"{prefix}.deadletters", feed_prefix=f"{prefix}.feeds.",
+        feed_access="whitelist")))
+    admin = PubSub(await connect("admin", "sec-gw-admin"), settings.xmpp.pubsub_service)
+    reports = await bootstrap(admin, settings)
+    assert all(r.action != "failed" for r in reports), [r.lines() for r in reports]
+    try:
+        async with Gateway(settings, await connect("gateway", "sec-gw"), metrics=Metrics(),
+                           heartbeat=0.2) as gateway:
+            await asyncio.wait_for(gateway.hub.subscribed.wait(), 10)
+            yield gateway
+    finally:
+        for node in settings.nodes.all():
+            with contextlib.suppress(XmppRefused):
+                await admin.delete(node)
+
+
+@pytest.mark.integration
+async def test_whitelisted_feeds_are_not_served_to_anyone_over_http(
+        whitelisted_gateway: Gateway) -> None:
+    """The gateway may read a whitelisted feed; it must not hand it to every browser."""
+    url = f"{whitelisted_gateway.url}/v1/feeds/signups"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as r:
+            assert r.status == 401, r.headers  # (a stream's body never ends: not read)
+            problem = await r.json(content_type=None)
+            assert problem["type"].endswith("missing-credentials")
+        async with session.get(url, headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+        async with session.get(url, headers=signed(b"", SHOP)) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        async with session.get(url, headers={"Authorization": "Bearer shop-token"}) as r:
+            assert r.status == 200
+            assert (await asyncio.wait_for(r.content.readline(), 5)).startswith(b"retry:")
+
+
+@pytest.mark.integration
+async def test_a_replayed_signed_request_stores_the_event_once(
+        whitelisted_gateway: Gateway) -> None:
+    """Inside the timestamp tolerance a captured request can be sent again; the event id
+    makes that harmless (one item on the node). Outside it, it is refused."""
+    doc = event_doc()
+    body = encode(doc)
+    headers = signed(body, SHOP)
+    node = whitelisted_gateway.settings.nodes.events
+    async with aiohttp.ClientSession() as session:
+        first = await post_events(session, whitelisted_gateway.url, body, headers=headers)
+        again = await post_events(session, whitelisted_gateway.url, body, headers=headers)
+    assert first[0] == 202 and again[0] in (200, 202), (first, again)
+    items = await whitelisted_gateway.pubsub.items(node, max_items=100)
+    assert [i.id for i in items].count(doc["id"]) == 1
+    stale = Authenticator((SHOP,), tolerance=300, clock=lambda: time.time() + 301)
+    with pytest.raises(Problem) as refused:
+        stale.authenticate(headers, body)
+    assert refused.value.kind == "stale-timestamp"
