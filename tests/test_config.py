@@ -219,6 +219,7 @@ def test_routes_replace_the_defaults_in_order() -> None:
     ("nobody", "admin", "must be a bare JID"),
     ("@example.com", "admin", "must be a bare JID"),
 ])
+@pytest.mark.security
 def test_bad_role(jid: str, role: str, reason: str) -> None:
     assert_error(f'[bot.roles]\n"{jid}" = "{role}"', f"bot.roles.{jid}", reason)
 

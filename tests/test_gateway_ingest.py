@@ -227,6 +227,7 @@ async def get_status(session: aiohttp.ClientSession, gateway: Gateway, event_id:
         return r.status, await r.json(content_type=None)
 
 
+@pytest.mark.security
 async def test_event_status_follows_the_nodes(gateway: Gateway, session: aiohttp.ClientSession,
                                               worker: Publisher, tmp_path: Path) -> None:
     nodes = gateway.settings.nodes
