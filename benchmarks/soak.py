@@ -279,20 +279,30 @@ def wait_up(proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> st
     return None
 
 
-def stop_demo(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
-    """SIGINT (the demo's own clean stop), then SIGTERM, then SIGKILL, to its group."""
+def stop_demo(proc: subprocess.Popen[bytes], children: Iterable[tuple[int, str]] = (),
+              grace: float = 60.0) -> None:
+    """SIGINT (the demo's own clean stop), then SIGTERM, then SIGKILL, to its group.
+
+    The managed server runs in a session of its own; the demo stops it, but if the demo had
+    to be killed, ``children`` (its descendants when last sampled, with their labels) get a
+    SIGTERM too, if that pid still runs the same program.
+    """
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         if proc.poll() is not None:
-            return
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             proc.wait(wait)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    for pid, label in children:
+        if pid != proc.pid and label_of(pid, proc.pid) == label:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def write_csv(path: Path, samples: Iterable[Sample]) -> None:
@@ -372,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
             next_at += args.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
     finally:
-        stop_demo(proc)
+        last = max((s.t for s in samples), default=None)
+        stop_demo(proc, [(s.pid, s.label) for s in samples if s.t == last])
     reports, done_last, flowing = analyse(samples, counters, warmup=warmup, window=window)
     report.processes = reports
     late = [c for t, c in counters if t >= warmup]
