@@ -31,7 +31,7 @@ import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
 from backchannel.config import Account, XmppSettings
-from backchannel.errors import NotConnected, XmppError, XmppRefused, XmppTimeout
+from backchannel.errors import ConfigError, NotConnected, XmppError, XmppRefused, XmppTimeout
 from pubsub import slixmpp_speedups
 from pubsub.routing import MessageHandler, Routes
 
@@ -125,7 +125,18 @@ class XmppConnection:
         self._routes.remove(name)
 
     async def start(self, timeout: float = 30.0) -> None:
-        """Connect and wait for the first session. Raises XmppError if none in time."""
+        """Connect and wait for the first session. Raises XmppError if none in time.
+
+        A ``ca_file`` that cannot be read is a ConfigError here, before any connection:
+        otherwise every TLS handshake fails and the caller only sees a timeout.
+        """
+        ca_file = self.settings.ca_file
+        if ca_file and not self.settings.loopback_plaintext:
+            try:
+                Path(ca_file).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the CA file {ca_file!r}: "
+                                  f"{exc.strerror or exc}", key="xmpp.ca_file") from None
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name=f"xmpp:{self.jid}")
         ready = asyncio.create_task(self.ready.wait())

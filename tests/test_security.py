@@ -24,7 +24,7 @@ from aiohttp import web
 
 from backchannel import config
 from backchannel.config import Account, Secret, XmppSettings
-from backchannel.errors import XmppError, XmppRefused
+from backchannel.errors import ConfigError, XmppError, XmppRefused
 from backchannel.localserver import ManagedServer, ServerState
 from backchannel.metrics import Metrics
 from bot.chat import ANONYMOUS_REFUSAL
@@ -174,6 +174,21 @@ async def test_ca_file_makes_the_same_certificate_trusted(
                       listener.auth_seen)
     assert listener.tls_up.is_set(), listener.tls_error
     assert listener.auth_seen.is_set()  # credentials go only inside the verified TLS
+
+
+async def test_unreadable_ca_file_is_a_config_error_before_any_connection(
+        tmp_path: Path) -> None:
+    """Not a timeout after failed handshakes: the key and the reason, and no connection."""
+    async with Listener("none") as listener:
+        settings = tls_settings(listener.port, ca_file=tmp_path / "missing.pem")
+        conn = XmppConnection(settings, Account(jid="worker@localhost",
+                                                password=Secret(PASSWORD)), resource="ca")
+        try:
+            with pytest.raises(ConfigError, match=r"xmpp\.ca_file: cannot read the CA file"):
+                await conn.start(timeout=5)
+        finally:
+            await conn.close()
+    assert not listener.received, "the client talked to the server despite the bad ca_file"
 
 
 # ---------------------------------------------------------------------------- node access
