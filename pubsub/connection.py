@@ -85,7 +85,8 @@ class XmppConnection:
         c.add_event_handler("session_start", self._on_session_start)
         c.add_event_handler("session_resumed", self._on_session_resumed)
         c.add_event_handler("disconnected", self._on_lost)
-        c.add_event_handler("connection_failed", self._on_lost)
+        c.add_event_handler("connection_failed", self._on_connection_failed)
+        c.add_event_handler("ssl_invalid_chain", self._on_bad_certificate)
         c.add_event_handler("failed_all_auth", self._on_auth_failed)
         c.add_event_handler("stream_error", self._on_stream_error)
         self.ready = asyncio.Event()
@@ -94,6 +95,7 @@ class XmppConnection:
         self._lost = asyncio.Event()
         self._auth_failed = False
         self._no_tls = False  # the login failed because the stream was never encrypted
+        self._last_error = ""  # why the last attempt failed, for the timeout message
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
         self._ready_callbacks: list[ReadyCallback] = []
@@ -148,9 +150,10 @@ class XmppConnection:
         if self._supervisor in done:
             self._supervisor.result()  # re-raises the reason (e.g. bad credentials)
         if not self.ready.is_set():
+            why = f"; last error: {self._last_error}" if self._last_error else ""
             raise XmppTimeout(
                 f"no XMPP session as {self.account.bare} with "
-                f"{self.settings.host}:{self.settings.port} within {timeout:.0f} s"
+                f"{self.settings.host}:{self.settings.port} within {timeout:.0f} s{why}"
             )
 
     async def close(self) -> None:
@@ -233,6 +236,18 @@ class XmppConnection:
             log.warning("XMPP connection of %s lost; reconnecting in %.2f s (attempt %d)",
                         self.account.bare, delay, attempt)
             await asyncio.sleep(delay)
+
+    def _on_connection_failed(self, reason: Any) -> None:
+        self._last_error = str(reason)[:300]
+        self._on_lost(reason)
+
+    def _on_bad_certificate(self, exc: Any) -> None:
+        """STARTTLS handshake refused the server's certificate. slixmpp disconnects
+        only when nobody handles this event, so do what it would, and keep the reason."""
+        self._last_error = f"TLS certificate refused: {exc}"[:300]
+        log.error("%s:%d: %s (xmpp.ca_file names a private CA)", self.settings.host,
+                  self.settings.port, self._last_error)
+        self.client.disconnect()
 
     def _on_lost(self, reason: Any) -> None:
         if self.ready.is_set():

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from backchannel import config
 from backchannel.config import Account, Secret, XmppSettings
-from backchannel.errors import ConfigError, XmppError, XmppRefused
+from backchannel.errors import ConfigError, XmppError, XmppRefused, XmppTimeout
 from backchannel.localserver import ManagedServer, ServerState
 from backchannel.metrics import Metrics
 from bot.chat import ANONYMOUS_REFUSAL
@@ -145,6 +145,22 @@ async def test_self_signed_certificate_is_refused_without_ca_file(
             await attempt(tls_settings(listener.port, direct=direct), listener.tls_failed)
     assert listener.tls_failed.is_set() and not listener.tls_up.is_set()
     assert any("self-signed" in f for f in client_verify_failures(caplog)), caplog.text[-2000:]
+    assert_no_credentials(listener)
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["starttls", "direct-tls"])
+async def test_refused_certificate_is_named_in_the_start_error(
+        certs: dict[str, tuple[Path, Path]], direct: bool) -> None:
+    """An operator sees why: the verification failure, not only "no session in time"."""
+    mode = "direct" if direct else "starttls"
+    async with Listener(mode, certs["localhost"]) as listener:
+        settings = tls_settings(listener.port, direct=direct)
+        conn = XmppConnection(settings, Account("worker@localhost", Secret(PASSWORD)))
+        try:
+            with pytest.raises(XmppTimeout, match="certificate verify failed"):
+                await conn.start(timeout=3)
+        finally:
+            await conn.close()
     assert_no_credentials(listener)
 
 
