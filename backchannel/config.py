@@ -160,9 +160,12 @@ class ServiceSettings:
     concurrency: int = 8
     rate_per_second: float = 0.0  # 0 = unlimited
     timeout: float = 10.0
-    max_attempts: int = 5
-    backoff_initial: float = 0.5
-    backoff_max: float = 60.0
+    # Sized to ride out an outage of about ten minutes (1 + 2 + ... + 256 s of backoff
+    # once the breaker says the service is down) before a task becomes a dead letter;
+    # when the service answers again, waiting tasks run at once (workers.lanes).
+    max_attempts: int = 10
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
     breaker_threshold: int = 5
     breaker_reset: float = 10.0
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -63,11 +63,14 @@ class CircuitBreaker:
         """Forget the past: an operator says the service is back (retry, resume)."""
         self.success()
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """A call worked. True if that closed an opened breaker (the service is back)."""
+        reopened = self.opened_at is not None
         self.consecutive_opens = 0
         self.failures = 0
         self.opened_at = None
         self.probing = False
+        return reopened
 
     def failure(self) -> None:
         self.failures += 1

@@ -9,7 +9,9 @@ is made). While the service is merely flaky (the breaker's probes keep succeedin
 and then) such a deferral costs the task no attempt; once the breaker has opened three
 times in a row the service is down, and each deferral counts as a failed attempt, so a
 dead service costs a few probes, not thousands of calls, and its tasks still reach their
-retry limit and become dead letters on time.
+retry limit and become dead letters on time. When a probe succeeds again, every task of
+the lane that waits for a retry becomes due at once (the outage is over; the backlog
+drains at the lane's concurrency and rate limits, not on each task's backoff clock).
 
 Retries are durable: a failed attempt writes ``next_at`` into the store (exponential
 backoff with jitter, or the service's Retry-After when longer), so a restart keeps the
@@ -144,7 +146,8 @@ class Lane:
                     self.calls += 1
                     async with asyncio.timeout(self.settings.timeout):
                         result = await self.task.run(event)
-                    self.breaker.success()
+                    if self.breaker.success():
+                        self._service_back()
                 except TemporaryTaskError as exc:
                     error, retry_after = str(exc), exc.retry_after
                     self.breaker.failure()
@@ -185,6 +188,14 @@ class Lane:
         finally:
             self.in_flight.pop(key, None)
             self._wake.set()
+
+
+    def _service_back(self) -> None:
+        """The breaker just closed: tasks held back by backoff while the service was
+        down run now, instead of each waiting out its own (by then long) delay."""
+        count = self.store.expedite_tasks(self.name, time.time())
+        log.warning("service %s answers again: %d waiting task(s) due now", self.name, count)
+        self.metrics.inc("backchannel_service_recoveries_total", {"task": self.name})
 
 
 def event_from_doc(doc: Mapping[str, Any]) -> Event | None:

@@ -5,6 +5,7 @@ through :class:`~workers.callbacks.CallbackClient` (registered endpoint only, no
 redirects, no private addresses unless allowed). Failures are retried on the callback
 schedule (seconds, then minutes, then hours, with jitter; Retry-After honoured); a 410 or
 another refusal stops at once; after ``max_attempts`` the callback becomes a dead letter.
+When a site answers again after failures, its other waiting callbacks become due at once.
 The event id travels as the idempotency key, so a site that checks it applies each
 result once although delivery is at-least-once.
 """
@@ -39,6 +40,7 @@ class Responder:
         self.client = CallbackClient()
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.paused = False
+        self._failing: set[str] = set()  # sites whose last callback attempt failed
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
 
@@ -110,6 +112,10 @@ class Responder:
             self.store.callback_finished(event_id, state=state, attempts=attempt,
                                          status=status, error=error, next_at=next_at,
                                          started=started, duration_ms=duration)
+            if state == "pending":
+                self._failing.add(row.site)
+            elif state == "ok" and row.site in self._failing:
+                self._site_back(row.site)
             outcome = {"ok": "ok", "pending": "retry", "dead": "dead"}[state]
             self.metrics.inc("backchannel_callbacks_total", {"outcome": outcome})
             self.metrics.observe("backchannel_callback_duration_seconds", duration / 1000)
@@ -121,3 +127,11 @@ class Responder:
         finally:
             self.in_flight.pop(event_id, None)
             self._wake.set()
+
+    def _site_back(self, site: str) -> None:
+        """A site answers again after failures: its held-back callbacks are due now,
+        not each at its own point on the (minutes, then hours) retry schedule."""
+        self._failing.discard(site)
+        count = self.store.expedite_callbacks(site, time.time())
+        log.warning("site %s answers callbacks again: %d waiting callback(s) due now",
+                    site, count)

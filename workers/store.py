@@ -299,6 +299,20 @@ class Store:
             db.execute("UPDATE tasks SET next_at = ? WHERE event_id = ? AND task = ? "
                        "AND state = 'pending'", (next_at, event_id, task))
 
+    def expedite_tasks(self, service: str, now: float) -> int:
+        """Make every pending task of ``service`` that waits for a later retry due now."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE tasks SET next_at = ? WHERE service = ? AND "
+                             "state = 'pending' AND next_at > ?", (now, service, now))
+            return cur.rowcount
+
+    def expedite_callbacks(self, site: str, now: float) -> int:
+        """Make every pending callback to ``site`` that waits for a later retry due now."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE callbacks SET next_at = ? WHERE site = ? AND "
+                             "state = 'pending' AND next_at > ?", (now, site, now))
+            return cur.rowcount
+
     def task_state(self, event_id: str, task: str) -> tuple[str, int] | None:
         """(state, attempts) of one task."""
         rows = self.q("SELECT state, attempts FROM tasks WHERE event_id = ? AND task = ?",
