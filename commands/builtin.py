@@ -19,7 +19,7 @@ from typing import Any
 from backchannel.errors import CommandError, UsageError
 from commands import render as r
 from commands.builtin_deadletters import DEADLETTERS, deadletter_commands
-from commands.model import Argument, Command, Context, Result, Role
+from commands.model import Argument, Command, Context, Lazy, Result, Role
 from commands.parse import usage
 from commands.registry import Registry, did_you_mean
 from commands.views import iso, jsonable
@@ -55,7 +55,7 @@ async def status(ctx: Context, args: Mapping[str, Any]) -> Result:
         lines.append("Breakers: " + ", ".join(shown))
     if view.paused:
         lines.append("Paused: " + ", ".join(r.code(p) for p in view.paused))
-    return Result(True, jsonable(view), "\n".join(lines))
+    return Result(True, Lazy(lambda: jsonable(view)), "\n".join(lines))
 
 
 async def stats(ctx: Context, args: Mapping[str, Any]) -> Result:

@@ -42,6 +42,7 @@ from commands.model import (
     Command,
     Context,
     InternalCommandError,
+    Lazy,
     Outcome,
     RateLimited,
     Result,
@@ -339,7 +340,8 @@ class Dispatcher:
         try:
             if not isinstance(result, Result):
                 raise TypeError(f"handler returned {type(result).__name__}, not Result")
-            json.dumps(result.data)
+            if not isinstance(result.data, Lazy):  # Lazy data is checked where it is made
+                json.dumps(result.data)
         except (TypeError, ValueError) as exc:
             raise self._bug(command, exc) from exc
         return result

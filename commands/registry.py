@@ -41,6 +41,7 @@ class Registry:
 
     def __init__(self, commands: Iterable[Command] = (), groups: Iterable[Group] = ()) -> None:
         self._by_phrase: dict[tuple[str, ...], Command] = {}
+        self._max_words = 1
         self._commands: list[Command] = []
         self._groups: dict[str, Group] = {}
         self._group_alias: dict[str, str] = {}
@@ -64,6 +65,7 @@ class Registry:
                 raise ValueError(f"empty or duplicate command name {' '.join(phrase)!r}")
         for phrase in phrases:
             self._by_phrase[phrase] = command
+            self._max_words = max(self._max_words, len(phrase))
         self._commands.append(command)
         return command
 
@@ -93,7 +95,8 @@ class Registry:
 
     @property
     def max_words(self) -> int:
-        return max((len(p) for p in self._by_phrase), default=1)
+        """Words in the longest command name (kept up to date by ``add``)."""
+        return self._max_words
 
     def group(self, word: str) -> Group | None:
         """The group ``word`` names (or aliases)."""

@@ -172,7 +172,7 @@ async def test_status(bot: Bot, viewer: Context) -> None:
     assert "Queue 12, in flight 3" in result.text
     assert "crm *open*" in result.text and "geocode closed" in result.text
     assert "```\ncomponent  state    detail\nworker     running  3 tasks" in result.text
-    assert result.data["breakers"] == {"geocode": "closed", "crm": "open"}
+    assert result.json()["breakers"] == {"geocode": "closed", "crm": "open"}
 
 
 async def test_stats_windows(bot: Bot, viewer: Context) -> None:
@@ -190,9 +190,9 @@ async def test_events_filters_caps_and_typos(bot: Bot, viewer: Context) -> None:
     result = await bot.run(viewer, "events --type user.profile* --last=5")
     assert bot.backend.calls[-1] == ("events", ("user.profile*", None, 5))
     assert result.text.startswith("*5 events*, newest first") and "EV0147" in result.text
-    assert len(result.data["events"]) == 5
+    assert len(result.json()["events"]) == 5
     capped = await bot.run(viewer, "events --last 500")
-    assert "(capped at 100)" in capped.text and len(capped.data["events"]) == 100
+    assert "(capped at 100)" in capped.text and len(capped.json()["events"]) == 100
     assert "--last must be at least 1" in await bot.say(viewer, "events --last 0")
     assert "Did you mean `--type`?" in await bot.say(viewer, "events --tpye user.*")
     assert "--last needs a value" in await bot.say(viewer, "events --last")
@@ -345,7 +345,7 @@ async def test_geocode_takes_the_rest_of_the_line(bot: Bot, viewer: Context) -> 
     await bot.say(viewer, 'geocode "Main St')  # an unclosed quote in free text is fine
     assert bot.backend.calls[-1] == ("geocode", ('"Main St',))
     result = await bot.run(viewer, "geocode nowhere")
-    assert not result.ok and result.data == {"query": "nowhere", "match": None}
+    assert not result.ok and result.json() == {"query": "nowhere", "match": None}
     assert "Missing ADDRESS..." in await bot.say(viewer, "geocode")
 
 
@@ -371,9 +371,9 @@ async def test_whoami_and_version(bot: Bot, alice: Context) -> None:
 async def test_every_result_is_json(bot: Bot, admin: Context) -> None:
     for line in [*EVERY_COMMAND, "help", "help events", "help dl", "whoami"]:
         result = await bot.run(admin, line)
-        json.dumps(result.data)
+        json.dumps(result.json())
         if result.confirm_token:
-            json.dumps((await bot.run(admin, f"confirm {result.confirm_token}")).data)
+            json.dumps((await bot.run(admin, f"confirm {result.confirm_token}")).json())
 
 
 # -- other front doors ---------------------------------------------------------------------
@@ -382,8 +382,8 @@ async def test_every_result_is_json(bot: Bot, admin: Context) -> None:
 async def test_named_arguments_from_a_form_or_the_cli(bot: Bot, viewer: Context) -> None:
     form = bot.who("vera@example.com", Role.VIEWER, "adhoc")
     result = await bot.dispatcher.run("events", {"type": "user.*", "last": "2"}, form)
-    assert len(result.data["events"]) == 2
-    assert (await bot.dispatcher.run("dl show", {"id": "DL0"}, form)).data["id"] == "DL0"
+    assert len(result.json()["events"]) == 2
+    assert (await bot.dispatcher.run("dl show", {"id": "DL0"}, form)).json()["id"] == "DL0"
     with pytest.raises(UsageError, match="Unknown argument `colour`"):
         await bot.dispatcher.run("events", {"colour": "red"}, form)
     with pytest.raises(UsageError, match="Unknown command `nope`"):
@@ -530,7 +530,7 @@ async def test_fuzzed_input_only_ever_raises_command_errors(bot: Bot, admin: Con
             pytest.fail(f"a bug on {line!r}")
         except CommandError:
             continue
-        json.dumps(result.data)
+        json.dumps(result.json())
     for value in ["", "x" * 5000, "\x00", 12, -5, None, ["a"], {"a": 1}, True, 1e309]:
         for name, key in [("events", "last"), ("stats", "window"), ("replay", "since")]:
             with contextlib.suppress(UsageError):

@@ -172,7 +172,7 @@ def _named(run: FuzzRun, loop: asyncio.AbstractEventLoop, conn: XmppConnection) 
             except CommandError as exc:
                 judge_reply(run, (name, args), str(exc))
                 return
-            json.dumps(result.data)
+            json.dumps(result.json())
             judge_reply(run, (name, args), result.text)
 
     named()
