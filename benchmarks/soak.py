@@ -1,29 +1,35 @@
 """Soak: the demo workload for a long time, watching every process for memory and fd leaks.
 
-Not part of CI. ``backchannel demo`` is started as a child process (its own session, so it
-and everything it spawns can be stopped together). In the demo the worker, the gateway,
-the bot, the demo site and the simulated sites all live in that one Python process; the
-managed Prosody is its child. So the samples are per *process* of the demo's process
-tree, named ``backchannel`` and ``prosody`` (any other descendant by its command name).
+Not part of CI. Two ways to run the workload (:mod:`benchmarks.soak_stacks`):
+
+- default: ``backchannel demo`` itself. There the worker, the gateway, the bot, the demo
+  site and the simulated sites share one Python process (``backchannel``), and the managed
+  Prosody is its child (``prosody``). The demo site keeps every callback it applied and
+  the simulator every id it sent, by design, so that process grows with the run whatever
+  the components do.
+- ``--split``: the demo's configuration with every component in its own process
+  (``worker``, ``gateway``, ``bot``), the demo site (``demo site``) and the simulated sites
+  (``simulated sites``) in two more. The verdict is about the components and Prosody; the
+  two harness processes are shown, not judged.
 
 Every ``--interval`` seconds each process's resident set size (``VmRSS`` in
 ``/proc/<pid>/status``) and open file descriptors (entries of ``/proc/<pid>/fd``) are
-recorded, together with the demo's own counters from the gateway's ``/metrics`` (events
-in, events done, callbacks), which prove the workload kept flowing.
+recorded, with the workload's counters (events in and done, from the gateway's
+``/metrics`` or, split, from the worker's store), which prove the work kept flowing.
 
-Pass criteria, per process, over the samples after the warm-up:
+Pass criteria, per judged process, over the samples after the warm-up:
 
 - memory: the median RSS of the last window is less than 10 % above the median of the
   first window after warm-up (a window is ``--window`` seconds);
 - file descriptors: no growth, i.e. the lowest count in the last window is not above the
   highest count in the first window (connections come and go; a leak lifts the floor);
-- the workload: the worker finished events in the last window.
+- the workload: events were finished in the last window.
 
-Samples go to ``test-artifacts/soak.csv``, the summary to ``test-artifacts/soak.json``
-and stdout. Exit status 0 when every criterion holds, 1 otherwise, 2 when the demo did
+Samples go to ``test-artifacts/<name>.csv``, the summary to ``test-artifacts/<name>.json``
+and stdout. Exit status 0 when every criterion holds, 1 otherwise, 2 when the workload did
 not come up.
 
-    nice -n 10 .venv/bin/python -m benchmarks.soak --minutes 30 --rate 5
+    nice -n 10 .venv/bin/python -m benchmarks.soak --minutes 30 --rate 5 [--split]
 """
 
 from __future__ import annotations
@@ -33,30 +39,19 @@ import contextlib
 import csv
 import json
 import os
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.soak_stacks import Stack, StackError, make_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 MAX_GROWTH_PCT = 10.0
-UP_LINE = "backchannel demo is up"
-DASHBOARD_RE = re.compile(r"Dashboard[^:]*:\s+(http://\S+?)/?\s*$", re.MULTILINE)
-COUNTERS = {
-    "events_in": "backchannel_events_in_total",
-    "events_done": "backchannel_events_done_total",
-    "ingested": "backchannel_ingest_events_published_total",
-    "callbacks": "backchannel_callbacks_total",
-    "queue_depth": "backchannel_queue_depth",
-}
 
 
 @dataclass(frozen=True)
@@ -85,12 +80,14 @@ class ProcessReport:
     fd_last_window_min: int
     memory_ok: bool
     fds_ok: bool
+    judged: bool = True  # False for the harness (demo site, simulated sites) in --split
 
 
 @dataclass
 class SoakReport:
     minutes: float
     rate: float
+    mode: str
     warmup_s: float
     window_s: float
     interval_s: float
@@ -132,9 +129,9 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def label_of(pid: int, root: int) -> str:
+def label_of(pid: int, root: int, root_label: str = "backchannel") -> str:
     if pid == root:
-        return "backchannel"
+        return root_label
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -164,46 +161,22 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
-def sample_tree(root: int, t: float) -> list[Sample]:
+def sample_tree(root: int, t: float, label: str = "backchannel") -> list[Sample]:
     out = []
     for pid in descendants(root):
         rss, fds = rss_kib(pid), fd_count(pid)
         if rss is None or fds is None:  # gone meanwhile, or a kernel thread without memory
             continue
-        out.append(Sample(t, label_of(pid, root), pid, rss, fds))
+        out.append(Sample(t, label_of(pid, root, label), pid, rss, fds))
     return out
-
-
-# ------------------------------------------------------------------------------- metrics
-
-
-def parse_counters(text: str) -> dict[str, float]:
-    """Sums of the demo counters in a Prometheus text exposition."""
-    totals = dict.fromkeys(COUNTERS, 0.0)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        for key, metric in COUNTERS.items():
-            if name == metric:
-                with contextlib.suppress(IndexError, ValueError):
-                    totals[key] += float(line.rsplit(" ", 1)[1])
-    return totals
-
-
-def read_counters(gateway_url: str) -> dict[str, float] | None:
-    try:
-        with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:  # noqa: S310 - our own loopback gateway
-            return parse_counters(response.read().decode("utf-8", "replace"))
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
 
 
 # ------------------------------------------------------------------------------- analysis
 
 
 def analyse(samples: Sequence[Sample], counters: Sequence[tuple[float, dict[str, float]]],
-            *, warmup: float, window: float) -> tuple[list[ProcessReport], float, bool]:
+            *, warmup: float, window: float, judged: Sequence[str] | None = None
+            ) -> tuple[list[ProcessReport], float, bool]:
     """Per-process reports, events done in the last window, and whether work flowed."""
     after = [s for s in samples if s.t >= warmup]
     if not after:
@@ -233,6 +206,7 @@ def analyse(samples: Sequence[Sample], counters: Sequence[tuple[float, dict[str,
             fd_min=min(f for _, f in per_t.values()), fd_max=max(f for _, f in per_t.values()),
             fd_first_window_max=fd_first_max, fd_last_window_min=fd_last_min,
             memory_ok=growth < MAX_GROWTH_PCT, fds_ok=fd_last_min <= fd_first_max,
+            judged=judged is None or label in judged,
         ))
     done_last = 0.0
     late = [(t, c) for t, c in counters if t >= end - window]
@@ -248,63 +222,6 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    from backchannel.localserver.base import free_port as pick
-
-    return pick()
-
-
-def start_demo(folder: Path, rate: float, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / "demo.log"
-    argv = [sys.executable, "-m", "backchannel", "demo", "--rate", f"{rate:g}",
-            "--dir", str(folder), "--port", str(port)]
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
-    return proc, log_path
-
-
-def wait_up(proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> str | None:
-    """The gateway URL once the demo says it is up; None if it exits or takes too long."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        if UP_LINE in text:
-            found = DASHBOARD_RE.search(text)
-            return found.group(1) if found else None
-        if proc.poll() is not None:
-            return None
-        time.sleep(0.5)
-    return None
-
-
-def stop_demo(proc: subprocess.Popen[bytes], children: Iterable[tuple[int, str]] = (),
-              grace: float = 60.0) -> None:
-    """SIGINT (the demo's own clean stop), then SIGTERM, then SIGKILL, to its group.
-
-    The managed server runs in a session of its own; the demo stops it, but if the demo had
-    to be killed, ``children`` (its descendants when last sampled, with their labels) get a
-    SIGTERM too, if that pid still runs the same program.
-    """
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    for pid, label in children:
-        if pid != proc.pid and label_of(pid, proc.pid) == label:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-
 def write_csv(path: Path, samples: Iterable[Sample]) -> None:
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
@@ -314,15 +231,15 @@ def write_csv(path: Path, samples: Iterable[Sample]) -> None:
 
 
 def summary_lines(report: SoakReport) -> list[str]:
-    lines = [f"soak: {report.minutes:g} min at {report.rate:g} events/s "
+    lines = [f"soak ({report.mode}): {report.minutes:g} min at {report.rate:g} events/s "
              f"(warm-up {report.warmup_s:.0f} s, windows of {report.window_s:.0f} s)"]
     for p in report.processes:
         lines.append(
-            f"  {p.label:<12} RSS {p.rss_start_mib:7.1f} -> {p.rss_end_mib:7.1f} MiB "
+            f"  {p.label:<15} RSS {p.rss_start_mib:7.1f} -> {p.rss_end_mib:7.1f} MiB "
             f"({p.growth_pct:+.1f} %, peak {p.rss_peak_mib:.1f})  fds {p.fd_min}..{p.fd_max} "
             f"(first window max {p.fd_first_window_max}, last window min "
             f"{p.fd_last_window_min})  memory {'ok' if p.memory_ok else 'FAIL'}, "
-            f"fds {'ok' if p.fds_ok else 'FAIL'}")
+            f"fds {'ok' if p.fds_ok else 'FAIL'}" + ("" if p.judged else " (harness, not judged)"))
     start, end = report.counters_start, report.counters_end
     if end:
         lines.append(
@@ -338,6 +255,24 @@ def summary_lines(report: SoakReport) -> list[str]:
     return lines
 
 
+def sample_all(stack: Stack, t: float) -> list[Sample]:
+    out: list[Sample] = []
+    for label, pid in stack.roots().items():
+        out.extend(sample_tree(pid, t, label))
+    return out
+
+
+def stop_leftovers(samples: Sequence[Sample]) -> None:
+    """SIGTERM to a managed server still running after its parent was stopped (a killed
+    demo leaves it: it runs in a session of its own), if that pid runs the same program."""
+    last = max((s.t for s in samples), default=None)
+    for s in samples:
+        if s.t == last and s.label in ("prosody", "ejabberd") and \
+                Path(f"/proc/{s.pid}").exists() and label_of(s.pid, -1) == s.label:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.pid, signal.SIGTERM)
+
+
 def run(args: argparse.Namespace) -> int:
     duration = args.minutes * 60.0
     warmup = args.warmup * 60.0 if args.warmup is not None else min(300.0, duration / 5)
@@ -345,21 +280,22 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(args.dir).absolute()
-    port = args.port or free_port()
-    report = SoakReport(minutes=args.minutes, rate=args.rate, warmup_s=warmup, window_s=window,
-                        interval_s=args.interval,
+    mode = "split" if args.split else "demo"
+    report = SoakReport(minutes=args.minutes, rate=args.rate, mode=mode, warmup_s=warmup,
+                        window_s=window, interval_s=args.interval,
                         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    say(f"soak: starting the demo in {folder} (log: {folder / 'demo.log'}) ...")
-    proc, log_path = start_demo(folder, args.rate, port)
+    stack = make_stack(args.split, folder, args.rate, args.port, args.startup_timeout)
+    say(f"soak: starting the workload ({mode}) in {folder} ...")
     samples: list[Sample] = []
     counters: list[tuple[float, dict[str, float]]] = []
     try:
-        url = wait_up(proc, log_path, args.startup_timeout)
-        if url is None:
-            say(f"soak: the demo did not come up; see {log_path}")
+        try:
+            stack.start()
+        except StackError as exc:
+            say(f"soak: the workload did not come up: {exc}")
             return 2
-        say(f"soak: demo up, gateway {url}; sampling every {args.interval:g} s for "
-            f"{args.minutes:g} min")
+        say(f"soak: up ({', '.join(stack.roots())}); sampling every {args.interval:g} s "
+            f"for {args.minutes:g} min")
         t0 = time.monotonic()
         next_at = t0
         last_note = t0
@@ -367,11 +303,12 @@ def run(args: argparse.Namespace) -> int:
             t = time.monotonic() - t0
             if t > duration:
                 break
-            if proc.poll() is not None:
-                report.note = f"the demo exited early (status {proc.returncode}) at {t:.0f} s"
+            gone = stack.alive()
+            if gone is not None:
+                report.note = f"{gone} exited early, at {t:.0f} s"
                 break
-            samples.extend(sample_tree(proc.pid, t))
-            found = read_counters(url)
+            samples.extend(sample_all(stack, t))
+            found = stack.counters()
             if found is not None:
                 counters.append((t, found))
             if time.monotonic() - last_note >= 300:
@@ -382,9 +319,10 @@ def run(args: argparse.Namespace) -> int:
             next_at += args.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
     finally:
-        last = max((s.t for s in samples), default=None)
-        stop_demo(proc, [(s.pid, s.label) for s in samples if s.t == last])
-    reports, done_last, flowing = analyse(samples, counters, warmup=warmup, window=window)
+        stack.stop()
+        stop_leftovers(samples)
+    reports, done_last, flowing = analyse(samples, counters, warmup=warmup, window=window,
+                                          judged=stack.judged)
     report.processes = reports
     late = [c for t, c in counters if t >= warmup]
     report.counters_start = late[0] if late else {}
@@ -392,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     report.events_done_last_window = done_last
     report.workload_ok = flowing
     report.passed = (bool(reports) and flowing and not report.note
-                     and all(p.memory_ok and p.fds_ok for p in reports))
+                     and all(p.memory_ok and p.fds_ok for p in reports if p.judged))
     write_csv(out_dir / f"{args.name}.csv", samples)
     (out_dir / f"{args.name}.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     for line in summary_lines(report):
@@ -417,13 +355,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="minutes ignored at the start (default: a fifth of the run, at most 5)")
     p.add_argument("--window", type=float, default=None,
                    help="seconds compared at each end (default: 60, or 3 samples)")
-    p.add_argument("--dir", default="var/soak", help="demo folder (default: var/soak)")
+    p.add_argument("--split", action="store_true",
+                   help="one process per component, the demo site and the simulated sites "
+                        "in two more (default: `backchannel demo`, everything in one process)")
+    p.add_argument("--dir", default="var/soak", help="work folder (default: var/soak)")
     p.add_argument("--port", type=int, default=0, help="dashboard port (default: a free one)")
     p.add_argument("--out", default=str(ARTIFACTS),
                    help="where soak.csv and soak.json go (default: test-artifacts/)")
     p.add_argument("--name", default="soak", help="artifact file name stem (default: soak)")
     p.add_argument("--startup-timeout", type=float, default=180.0,
-                   help="seconds to wait for the demo to come up (default 180)")
+                   help="seconds to wait for each process to come up (default 180)")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.interval <= 0:
         p.error("--minutes, --rate and --interval must be positive")

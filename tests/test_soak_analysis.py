@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from benchmarks.soak import Sample, analyse, descendants, parse_counters, sample_tree
+from benchmarks.soak import Sample, analyse, descendants, sample_tree
+from benchmarks.soak_stacks import parse_metrics
 
 MIB = 1024
 
@@ -63,7 +64,7 @@ def test_counters_from_the_metrics_text() -> None:
         "backchannel_queue_depth 3",
         "garbage line",
     ])
-    found = parse_counters(text)
+    found = parse_metrics(text)
     assert found["events_done"] == 42 and found["events_in"] == 42
     assert found["queue_depth"] == 3 and found["callbacks"] == 0
 
@@ -72,3 +73,12 @@ def test_sampling_reads_this_process() -> None:
     assert os.getpid() in descendants(os.getpid())
     (me,) = [s for s in sample_tree(os.getpid(), 0.0) if s.pid == os.getpid()]
     assert me.label == "backchannel" and me.rss_kib > 1000 and me.fds >= 3
+
+
+def test_only_the_judged_processes_count() -> None:
+    samples = (series("worker", [100.0] * 10, [20] * 10)
+               + series("demo site", [100.0 + 10 * i for i in range(10)], [9] * 10))
+    reports, _, _ = analyse(samples, counters([0.0] * 10), warmup=20, window=20,
+                            judged=("worker", "prosody"))
+    verdicts = {r.label: (r.judged, r.memory_ok) for r in reports}
+    assert verdicts == {"worker": (True, True), "demo site": (False, False)}
