@@ -132,6 +132,15 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time a process has used so far (from /proc; NaN if gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int | str = "self") -> float:
     return proc_status(pid).get("VmHWM", 0) / 1024 or float("nan")
 
@@ -381,6 +390,9 @@ class Child:
 
     def peak_rss_mib(self) -> float:
         return peak_rss_mib(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     async def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc.returncode is None:
