@@ -63,6 +63,7 @@ class Sample:
     pid: int
     rss_kib: int
     fds: int
+    sockets: int = 0  # of the fds; the rest are files, pipes, eventfds...
 
 
 @dataclass
@@ -154,11 +155,18 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def fd_count(pid: int) -> int | None:
+def fd_count(pid: int) -> tuple[int, int] | None:
+    """Open descriptors of ``pid``, and how many of them are sockets."""
+    folder = f"/proc/{pid}/fd"
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        names = os.listdir(folder)
     except OSError:
         return None
+    sockets = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            sockets += os.readlink(f"{folder}/{name}").startswith("socket:")
+    return len(names), sockets
 
 
 def sample_tree(root: int, t: float, label: str = "backchannel") -> list[Sample]:
@@ -167,7 +175,7 @@ def sample_tree(root: int, t: float, label: str = "backchannel") -> list[Sample]
         rss, fds = rss_kib(pid), fd_count(pid)
         if rss is None or fds is None:  # gone meanwhile, or a kernel thread without memory
             continue
-        out.append(Sample(t, label_of(pid, root, label), pid, rss, fds))
+        out.append(Sample(t, label_of(pid, root, label), pid, rss, fds[0], fds[1]))
     return out
 
 
@@ -225,9 +233,9 @@ def say(text: str) -> None:
 def write_csv(path: Path, samples: Iterable[Sample]) -> None:
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["t_s", "process", "pid", "rss_kib", "fds"])
+        writer.writerow(["t_s", "process", "pid", "rss_kib", "fds", "sockets"])
         for s in samples:
-            writer.writerow([f"{s.t:.1f}", s.label, s.pid, s.rss_kib, s.fds])
+            writer.writerow([f"{s.t:.1f}", s.label, s.pid, s.rss_kib, s.fds, s.sockets])
 
 
 def summary_lines(report: SoakReport) -> list[str]:

@@ -73,6 +73,7 @@ def test_sampling_reads_this_process() -> None:
     assert os.getpid() in descendants(os.getpid())
     (me,) = [s for s in sample_tree(os.getpid(), 0.0) if s.pid == os.getpid()]
     assert me.label == "backchannel" and me.rss_kib > 1000 and me.fds >= 3
+    assert 0 <= me.sockets <= me.fds
 
 
 def test_only_the_judged_processes_count() -> None:
