@@ -265,7 +265,7 @@ class AdhocDoor:
                 data = result.json()
                 json.dumps(data)
             except Exception:  # a command's data bug: the text still reaches the operator
-                log.exception("command %s: its data is not JSON", command)
+                log.exception("command %s: its data is not JSON", name)
                 data = None
             return _done(xml, node, sid, result.text, ok=result.ok,
                          outcome="ok" if result.ok else "error", data=data,
