@@ -12,8 +12,10 @@ by itself; how long each took is the recovery time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,37 @@ async def finish(record: FaultRecord, w: World, site: HttpPublisher, feed: SseRe
     assert record.done == record.events_accepted == len(accepted)
 
 
+@dataclass
+class Live:
+    """A running world under load: components, the display, the operator, the site."""
+
+    w: World
+    feed: SseReader
+    op: Chatter
+    site: HttpPublisher
+    publishing: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def live_world(server_state: ServerState, tmp_path: Path, n: int,
+                     prefix: str) -> AsyncIterator[Live]:
+    """Start the three components, a display on the signups feed, an operator, and a
+    site publishing ``n`` registrations through the gateway at :data:`RATE`."""
+    async with bot_world(server_state, tmp_path, components=COMPONENTS) as w, \
+            aiohttp.ClientSession() as http:
+        gateway = w.runtime.gateway.url
+        feed = SseReader(http, gateway, "signups")
+        feed.start()
+        op = await w.client("operator")
+        try:
+            await wait_until(lambda: feed.connects >= 1, 10, "the display connected")
+            site = HttpPublisher(w.pipeline, http, gateway)
+            publishing = asyncio.create_task(site.run(registrations(n, prefix), RATE))
+            yield Live(w, feed, op, site, publishing)
+        finally:
+            await feed.stop()
+
+
 async def test_xmpp_server_restart_mid_stream(
     server_state: ServerState, managed: ManagedServer, bootstrapped: Any, tmp_path: Path,
     long_mode: bool
@@ -93,38 +126,28 @@ async def test_xmpp_server_restart_mid_stream(
                       f"the XMPP server stopped for {downtime:g} s and started again on "
                       f"the same ports, {n} events at {RATE:g}/s through the gateway, "
                       "worker + gateway + bot running") as record:
-        async with bot_world(server_state, tmp_path, components=COMPONENTS) as w, \
-                aiohttp.ClientSession() as http:
-            gateway = w.runtime.gateway.url
-            feed = SseReader(http, gateway, "signups")
-            feed.start()
-            op = await w.client("operator")
-            try:
-                await wait_until(lambda: feed.connects >= 1, 10, "the display connected")
-                site = HttpPublisher(w.pipeline, http, gateway)
-                publishing = asyncio.create_task(site.run(registrations(n, "r"), RATE))
-                await asyncio.sleep(run_for / 3)
-                conns = {name: w.runtime.connections[name] for name in COMPONENTS}
-                sessions = {name: conn.sessions for name, conn in conns.items()}
-                applied = len(w.pipeline.site.applied)
-                await asyncio.to_thread(managed.stop)
-                record.faults_injected = 1
-                await asyncio.sleep(downtime)
-                # Recovery counts from the start command: ejabberd takes seconds to boot,
-                # and the components reconnect while it does.
-                back = time.monotonic()
-                await asyncio.to_thread(managed.start)
-                record.extra["server_start_s"] = round(time.monotonic() - back, 3)
-                took = await reconnected(conns, sessions, back, timeout=60)
-                record.extra["reconnect_s"] = {k: round(v, 3) for k, v in took.items()}
-                await wait_until(lambda: len(w.pipeline.site.applied) > applied + 1, 60,
-                                 "callbacks flowing again")
-                record.recovery_s.append(time.monotonic() - back)
-                await bot_answers(op)
-                await finish(record, w, site, feed, publishing, faults=1)
-                assert applied < record.events_accepted, "the restart must land mid-stream"
-            finally:
-                await feed.stop()
+        async with live_world(server_state, tmp_path, n, "r") as live:
+            w = live.w
+            await asyncio.sleep(run_for / 3)
+            conns = {name: w.runtime.connections[name] for name in COMPONENTS}
+            sessions = {name: conn.sessions for name, conn in conns.items()}
+            applied = len(w.pipeline.site.applied)
+            await asyncio.to_thread(managed.stop)
+            record.faults_injected = 1
+            await asyncio.sleep(downtime)
+            # Recovery counts from the start command: ejabberd takes seconds to boot,
+            # and the components reconnect while it does.
+            back = time.monotonic()
+            await asyncio.to_thread(managed.start)
+            record.extra["server_start_s"] = round(time.monotonic() - back, 3)
+            took = await reconnected(conns, sessions, back, timeout=60)
+            record.extra["reconnect_s"] = {k: round(v, 3) for k, v in took.items()}
+            await wait_until(lambda: len(w.pipeline.site.applied) > applied + 1, 60,
+                             "callbacks flowing again")
+            record.recovery_s.append(time.monotonic() - back)
+            await bot_answers(live.op)
+            await finish(record, w, live.site, live.feed, live.publishing, faults=1)
+            assert applied < record.events_accepted, "the restart must land mid-stream"
 
 
 async def test_each_component_connection_cut_abruptly(
@@ -136,30 +159,20 @@ async def test_each_component_connection_cut_abruptly(
                       "the TCP connection of the worker, then the gateway, then the bot "
                       f"aborted mid-stream, {n} events at {RATE:g}/s through the "
                       "gateway") as record:
-        async with bot_world(server_state, tmp_path, components=COMPONENTS) as w, \
-                aiohttp.ClientSession() as http:
-            gateway = w.runtime.gateway.url
-            feed = SseReader(http, gateway, "signups")
-            feed.start()
-            op = await w.client("operator")
-            try:
-                await wait_until(lambda: feed.connects >= 1, 10, "the display connected")
-                site = HttpPublisher(w.pipeline, http, gateway)
-                publishing = asyncio.create_task(site.run(registrations(n, "x"), RATE))
-                started = time.monotonic()
-                for k, name in enumerate(COMPONENTS):
-                    await asyncio.sleep(max(0.0, started + run_for * (k + 1) / 4
-                                            - time.monotonic()))
-                    conn = w.runtime.connections[name]
-                    sessions = {name: conn.sessions}
-                    drops = conn.drops
-                    conn.cut()
-                    record.faults_injected += 1
-                    took = await reconnected({name: conn}, sessions, time.monotonic(), 60)
-                    record.recovery_s.append(took[name])
-                    record.extra[f"{name}_reconnect_s"] = round(took[name], 3)
-                    assert conn.drops == drops + 1, f"the {name} did not notice the cut"
-                await bot_answers(op)
-                await finish(record, w, site, feed, publishing, faults=3)
-            finally:
-                await feed.stop()
+        async with live_world(server_state, tmp_path, n, "x") as live:
+            w = live.w
+            started = time.monotonic()
+            for k, name in enumerate(COMPONENTS):
+                await asyncio.sleep(max(0.0, started + run_for * (k + 1) / 4
+                                        - time.monotonic()))
+                conn = w.runtime.connections[name]
+                sessions = {name: conn.sessions}
+                drops = conn.drops
+                conn.cut()
+                record.faults_injected += 1
+                took = await reconnected({name: conn}, sessions, time.monotonic(), 60)
+                record.recovery_s.append(took[name])
+                record.extra[f"{name}_reconnect_s"] = round(took[name], 3)
+                assert conn.drops == drops + 1, f"the {name} did not notice the cut"
+            await bot_answers(live.op)
+            await finish(record, w, live.site, live.feed, live.publishing, faults=3)
