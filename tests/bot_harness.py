@@ -22,6 +22,7 @@ from backchannel.app import Runtime, start_components
 from backchannel.config import Account, Secret
 from backchannel.localserver import ManagedServer, ServerState
 from bot.component import Bot
+from pubsub.client import data_form
 from pubsub.connection import XmppConnection
 from tests.pipeline_harness import Pipeline
 
@@ -143,6 +144,19 @@ async def bot_world(state: ServerState, var: Path, *, rooms: tuple[str, ...] = (
         async with contextlib.AsyncExitStack() as stack:
             await start_components(runtime, stack, list(components))
             yield World(p, runtime, runtime.bot, settings, stack)
+
+
+async def open_room_hiding_real_jids(owner: XmppConnection, room: str) -> None:
+    """``owner`` creates ``room`` and makes it semi-anonymous (real JIDs for moderators
+    only): the kind of room where the bot must refuse commands."""
+    presence = owner.client.Presence()
+    presence["to"] = f"{room}/owner"
+    presence.xml.append(ET.Element(f"{{{NS_MUC}}}x"))
+    presence.send()
+    query = ET.Element("{http://jabber.org/protocol/muc#owner}query")
+    query.append(data_form({"muc#roomconfig_whois": "moderators"},
+                           form_type="http://jabber.org/protocol/muc#roomconfig"))
+    await owner.iq(room, "set", query)
 
 
 def room_name(prefix: str, state: ServerState) -> str:

@@ -17,10 +17,16 @@ import pytest
 
 from backchannel.localserver import ManagedServer, ServerState
 from commands.dispatch import DENIED
-from pubsub.client import PubSub, data_form
+from pubsub.client import PubSub
 from pubsub.connection import XmppConnection
 from pubsub.envelope import JSON_NS
-from tests.bot_harness import NS_MUC, Chatter, bot_world, room_name, stranger_account
+from tests.bot_harness import (
+    Chatter,
+    bot_world,
+    open_room_hiding_real_jids,
+    room_name,
+    stranger_account,
+)
 from tests.pipeline_harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -183,14 +189,7 @@ async def test_room_that_hides_real_jids_gets_one_refusal(
 ) -> None:
     room = room_name("semi", server_state)
     owner: XmppConnection = await connect("operator", "owner")
-    presence = owner.client.Presence()
-    presence["to"] = f"{room}/owner"
-    presence.xml.append(ET.Element(f"{{{NS_MUC}}}x"))
-    presence.send()
-    query = ET.Element("{http://jabber.org/protocol/muc#owner}query")
-    query.append(data_form({"muc#roomconfig_whois": "moderators"},
-                           form_type="http://jabber.org/protocol/muc#roomconfig"))
-    await owner.iq(room, "set", query)
+    await open_room_hiding_real_jids(owner, room)
     async with bot_world(server_state, tmp_path, rooms=(room,)) as w:
         await wait_until(lambda: w.bot.rooms.rooms[room].joined, 10, "bot in the room")
         assert not w.bot.rooms.rooms[room].non_anonymous

@@ -32,13 +32,18 @@ from commands.dispatch import DENIED
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.problems import Problem
-from pubsub.client import PubSub, data_form
+from pubsub.client import PubSub
 from pubsub.connection import XmppConnection
 from pubsub.envelope import make_event, to_element
 from pubsub.nodes import bootstrap
 from simulator.chaos import Chaos
 from simulator.stack import SITE_SOURCE
-from tests.bot_harness import NS_MUC, bot_world, room_name, stranger_account
+from tests.bot_harness import (
+    bot_world,
+    open_room_hiding_real_jids,
+    room_name,
+    stranger_account,
+)
 from tests.gateway_support import SHOP, encode, event_doc, post_events, signed, with_sites
 from tests.pipeline_harness import Pipeline, wait_until
 from tests.xmpp_listener import Listener, make_certificate
@@ -336,14 +341,7 @@ async def test_private_message_through_a_room_that_hides_jids_is_refused(
     """A room occupant JID (room@muc/nick) carries no role, in the room or in private."""
     room = room_name("semipm", server_state)
     owner: XmppConnection = await connect("operator", "owner")
-    presence = owner.client.Presence()
-    presence["to"] = f"{room}/owner"
-    presence.xml.append(ET.Element(f"{{{NS_MUC}}}x"))
-    presence.send()
-    query = ET.Element("{http://jabber.org/protocol/muc#owner}query")
-    query.append(data_form({"muc#roomconfig_whois": "moderators"},
-                           form_type="http://jabber.org/protocol/muc#roomconfig"))
-    await owner.iq(room, "set", query)
+    await open_room_hiding_real_jids(owner, room)
     async with bot_world(server_state, tmp_path, rooms=(room,)) as w:
         await wait_until(lambda: w.bot.rooms.rooms[room].joined, 10, "bot in the room")
         nick = w.settings.bot.nick
