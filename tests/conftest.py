@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +17,9 @@ from backchannel import config
 from backchannel.localserver import ManagedServer, ServerState, config_toml, managed_server
 from pubsub.client import PubSub
 from pubsub.connection import XmppConnection
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -94,3 +98,24 @@ async def connect(settings: config.Settings) -> AsyncIterator[object]:
 @pytest.fixture
 def var_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+async def offline_gateway() -> AsyncIterator[Gateway]:
+    """A gateway (sites shop, blog, pull) whose XMPP session never comes up: ingest
+    answers 503 after validation, so auth and parsing are tested without a server."""
+    from backchannel.config import GatewaySettings, Settings
+    from backchannel.metrics import Metrics
+    from gateway.app import Gateway
+    from tests.gateway_support import BLOG, NO_SECRET, SHOP
+
+    settings = Settings(sites=(SHOP, BLOG, NO_SECRET), gateway=GatewaySettings(port=0))
+    conn = XmppConnection(settings.xmpp,
+                          config.Account("gateway@localhost", config.Secret("x")))
+    gateway = Gateway(settings, conn, metrics=Metrics())
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+        await conn.close()

@@ -28,18 +28,14 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 import pytest
 
-from backchannel.config import Account, GatewaySettings, Secret, Settings
-from backchannel.metrics import Metrics
 from gateway.app import Gateway
 from gateway.auth import HEADER_SIGNATURE, HEADER_SITE, HEADER_TIMESTAMP, signature
 from gateway.problems import CONTENT_TYPE, TYPE_PREFIX
-from pubsub.connection import XmppConnection
 from tests.fuzz_support import FuzzRun, fuzz_run, leaks
 from tests.gateway_support import BLOG, NO_SECRET, SHOP, event_doc, signed
 from tests.test_gateway_fuzz import body_and_headers, rand_string
@@ -52,17 +48,6 @@ ALLOWED = {400, 401, 403, 404, 405, 413, 415, 422, 503}
 SECRETS = ("shop-secret", "shop-token", "blog-secret")
 
 
-@pytest.fixture
-async def offline_gateway() -> AsyncIterator[Gateway]:
-    settings = Settings(sites=(SHOP, BLOG, NO_SECRET), gateway=GatewaySettings(port=0))
-    conn = XmppConnection(settings.xmpp, Account("gateway@localhost", Secret("x")))
-    gateway = Gateway(settings, conn, metrics=Metrics())
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
-        await gateway.close()
-        await conn.close()
 
 
 # ------------------------------------------------------------------------------ generation

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from backchannel.config import Account, GatewaySettings, Secret, Settings
-from backchannel.metrics import Metrics
 from gateway.app import Gateway
 from gateway.auth import (
     HEADER_SIGNATURE,
@@ -24,7 +21,6 @@ from gateway.auth import (
     signature,
 )
 from gateway.problems import CONTENT_TYPE, TYPE_PREFIX, Problem
-from pubsub.connection import XmppConnection
 from tests.gateway_support import BLOG, NO_SECRET, SHOP, encode, event_doc, post_events, signed
 
 NOW = 1_733_324_400.0
@@ -190,18 +186,6 @@ def test_secrets_never_appear_in_refusals() -> None:
 # ---------------------------------------------------------------------------- HTTP
 
 
-@pytest.fixture
-async def offline_gateway() -> AsyncIterator[Gateway]:
-    """A gateway whose XMPP session never comes up."""
-    settings = Settings(sites=(SHOP, BLOG, NO_SECRET), gateway=GatewaySettings(port=0))
-    conn = XmppConnection(settings.xmpp, Account("gateway@localhost", Secret("x")))
-    gateway = Gateway(settings, conn, metrics=Metrics())
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
-        await gateway.close()
-        await conn.close()
 
 
 @pytest.mark.security
