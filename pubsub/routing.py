@@ -33,7 +33,6 @@ HANDLER_NAME = "backchannel:routes"
 @dataclass(frozen=True)
 class Route:
     name: str
-    root: str
     steps: tuple[str, ...]
     handler: MessageHandler
 
@@ -76,7 +75,7 @@ class Routes(MatcherBase):
 
     def add(self, path: str, handler: MessageHandler, name: str) -> None:
         root, steps = parse_path(path)
-        self._by_root.setdefault(root, []).append(Route(name, root, steps, handler))
+        self._by_root.setdefault(root, []).append(Route(name, steps, handler))
 
     def remove(self, name: str) -> None:
         for root, routes in list(self._by_root.items()):

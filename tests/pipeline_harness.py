@@ -23,6 +23,7 @@ from pubsub.publisher import Publisher
 from simulator.demosite import DemoSite
 from simulator.services import FakeServices
 from simulator.stack import SITE_SOURCE, WEBHOOK_SECRET, StackOptions, stack_toml
+from workers.worker import Worker
 
 _counter = itertools.count()
 
@@ -98,3 +99,19 @@ class Pipeline:
             })
             for i in range(n)
         ]
+
+
+async def start_worker(p: Pipeline, settings: config.Settings | None = None
+                       ) -> tuple[XmppConnection, Worker]:
+    """An in-process worker on ``p`` (``settings`` to run it with changed settings)."""
+    settings = settings or p.settings
+    conn = XmppConnection(settings.xmpp, settings.account("worker"), resource="worker")
+    worker = Worker(settings, conn, store_path=str(p.var / "worker.sqlite"))
+    await worker.start()
+    await conn.start()
+    return conn, worker
+
+
+async def stop_worker(conn: XmppConnection, worker: Worker) -> None:
+    await worker.close()
+    await conn.close()

@@ -14,11 +14,10 @@ import pytest
 
 from backchannel.localserver import ServerState
 from pubsub.client import PubSub
-from pubsub.connection import XmppConnection
 from pubsub.envelope import JSON_NS, make_event
 from simulator.chaos import Chaos
 from simulator.stack import SITE_SOURCE
-from tests.pipeline_harness import Pipeline, wait_until
+from tests.pipeline_harness import Pipeline, start_worker, stop_worker, wait_until
 from workers.worker import Worker
 
 pytestmark = pytest.mark.integration
@@ -30,19 +29,6 @@ FIXED = {
     "Osaka, Japan": ("Osaka", "JP"),
     "Springfield, IL, USA": ("Springfield", "US"),
 }
-
-
-async def start_worker(p: Pipeline) -> tuple[XmppConnection, Worker]:
-    conn = XmppConnection(p.settings.xmpp, p.settings.account("worker"), resource="worker")
-    worker = Worker(p.settings, conn, store_path=str(p.var / "worker.sqlite"))
-    await worker.start()
-    await conn.start()
-    return conn, worker
-
-
-async def stop_worker(conn: XmppConnection, worker: Worker) -> None:
-    await worker.close()
-    await conn.close()
 
 
 def finished(worker: Worker) -> int:

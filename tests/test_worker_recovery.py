@@ -21,13 +21,11 @@ from backchannel.config import ServiceSettings
 from backchannel.errors import TemporaryTaskError
 from backchannel.localserver import ServerState
 from backchannel.metrics import Metrics
-from pubsub.connection import XmppConnection
 from pubsub.envelope import Event, make_event
 from simulator.chaos import Chaos
-from tests.pipeline_harness import Pipeline, wait_until
+from tests.pipeline_harness import Pipeline, start_worker, stop_worker, wait_until
 from workers.lanes import Lane
 from workers.store import Store
-from workers.worker import Worker
 
 
 class SwitchableService:
@@ -93,10 +91,7 @@ async def test_callbacks_held_back_by_a_site_outage_go_out_when_it_answers_again
         # The real callback schedule, doubled: a failed first attempt waits 8-12 s.
         settings = replace(p.settings, worker=replace(p.settings.worker,
                                                       callback_time_scale=2.0))
-        conn = XmppConnection(settings.xmpp, settings.account("worker"), resource="worker")
-        worker = Worker(settings, conn, store_path=str(p.var / "worker.sqlite"))
-        await worker.start()
-        await conn.start()
+        conn, worker = await start_worker(p, settings)
         try:
             p.site.control.set(Chaos(down=True))
             first = p.registrations(10, prefix="held")
@@ -118,5 +113,4 @@ async def test_callbacks_held_back_by_a_site_outage_go_out_when_it_answers_again
             assert took < 6.0, f"held-back callbacks took {took:.1f} s after the site returned"
             assert p.site.duplicates == 0
         finally:
-            await worker.close()
-            await conn.close()
+            await stop_worker(conn, worker)
